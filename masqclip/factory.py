@@ -1,0 +1,86 @@
+"""Named architectures (JSON files in ``model_configs/``) and the single model builder."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from masqclip.checkpoint import CheckpointError, load_checkpoint, load_clip_weights
+from masqclip.modeling.mask_clip import MaskCLIPVisual, build_clip
+from masqclip.modeling.masqclip import MasQCLIP
+from masqclip.modeling.proposer import build_proposer
+from masqclip.modeling.text_encoder import TextEncoder
+
+CONFIG_DIR = Path(__file__).parent / 'model_configs'
+
+
+class ModelConfigError(ValueError):
+    """An unknown architecture name or an unreadable config file."""
+
+
+def list_models() -> list[str]:
+    """The names of the architectures shipped with the package."""
+    return sorted(path.stem for path in CONFIG_DIR.glob('*.json'))
+
+
+def get_model_config(name: str) -> dict:
+    """The config of a named architecture, or of a JSON file given by path."""
+    path = Path(name) if name.endswith('.json') else CONFIG_DIR / f'{name}.json'
+    if not path.is_file():
+        raise ModelConfigError(
+            f'unknown model {name!r}: choose one of {", ".join(list_models())} '
+            'or give the path of a .json architecture file')
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ModelConfigError(f'{path} is not valid JSON: {error}') from error
+
+
+def build_model_from_config(config: dict, q_proj_init: str = 'random') -> MasQCLIP:
+    """Assemble a randomly initialised MasQCLIP from an architecture config.
+
+    :param q_proj_init: 'random' (the reference, method.md trap 1) or 'clip' (copy CLIP's own
+        query projections, the MaskCLIP-equivalent start).
+    """
+    if q_proj_init not in ('random', 'clip'):
+        raise ModelConfigError(f"q_proj_init must be 'random' or 'clip', got {q_proj_init!r}")
+    clip = build_clip(config['clip'])
+    mask_clip = MaskCLIPVisual(clip.visual)
+    if q_proj_init == 'clip':
+        mask_clip.copy_clip_q_proj()
+    return MasQCLIP(build_proposer(config['proposer']), mask_clip, TextEncoder(clip))
+
+
+def build_model(model: str | None = 'test_tiny', checkpoint: str | Path | None = None,
+                clip_weights: str | Path | None = None,
+                q_proj_init: str = 'random') -> tuple[MasQCLIP, dict]:
+    """Build a MasQCLIP and load its weights.
+
+    :param model: architecture name or JSON path; None takes the one stored in ``checkpoint``.
+    :param checkpoint: a checkpoint of this project (every weight of the model).
+    :param clip_weights: CLIP weights for a model without a checkpoint: 'openai' (open_clip
+        downloads them where the internet is reachable) or a local file.
+    :param q_proj_init: see ``build_model_from_config``.
+    :return: the model (eval mode, on the CPU) and its architecture config.
+    """
+    state_dict = None
+    if checkpoint is not None:
+        stored_config, state_dict = load_checkpoint(checkpoint)
+        config = stored_config if model is None else get_model_config(model)
+    elif model is None:
+        raise ModelConfigError('give a model name or a checkpoint')
+    else:
+        config = get_model_config(model)
+    network = build_model_from_config(config, q_proj_init)
+    if clip_weights is not None:
+        load_clip_weights(network, clip_weights, config)
+        if q_proj_init == 'clip':
+            network.mask_clip.copy_clip_q_proj()
+    if state_dict is not None:
+        try:
+            network.load_state_dict(state_dict, strict=True)
+        except RuntimeError as error:
+            raise CheckpointError(
+                f'checkpoint {checkpoint} does not fit the architecture {model!r}; leave the '
+                f'model name out to use the one stored in the checkpoint ({str(error)[:300]})'
+            ) from error
+    return network.eval(), config

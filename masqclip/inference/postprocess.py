@@ -1,0 +1,331 @@
+"""Score fusion and post-processing of one image's proposals (method.md sections 1.7, 1.8).
+
+Every function takes torch tensors for ONE image (no batch dimension), on any device, and
+returns tensors on that same device. ``Q`` is the number of proposals (queries), ``N`` the
+number of vocabulary classes (background excluded) and ``H x W`` the size the mask logits
+were resized to (normally the input image's size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from masqclip.inference.results import UNLABELED
+
+
+@dataclass(frozen=True)
+class PanopticSegmentInfo:
+    """One segment of the map :func:`panoptic_inference` returns.
+
+    :param id: the value of this segment's pixels in the segment-id map (>= 1).
+    :param class_id: vocabulary index of the segment's class.
+    :param is_thing: True for a countable object, False for a stuff region (merged per class).
+    :param score: the segment's class score (for merged stuff, the best of its queries).
+    :param area: number of pixels carrying ``id``.
+    """
+
+    id: int
+    class_id: int
+    is_thing: bool
+    score: float
+    area: int
+
+
+@dataclass(frozen=True)
+class InstanceInferenceResult:
+    """The instances :func:`instance_inference` keeps, best first.
+
+    :param scores: float32 (K,), class score x mean sigmoid inside the binary mask.
+    :param class_ids: int64 (K,), vocabulary index of each instance.
+    :param query_indices: int64 (K,), the proposal each instance came from.
+    :param masks: bool (K, H, W), mask logit > 0.
+    """
+
+    scores: torch.Tensor
+    class_ids: torch.Tensor
+    query_indices: torch.Tensor
+    masks: torch.Tensor
+
+
+def classify_masks(
+    mask_embeddings: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    objectness: torch.Tensor,
+    logit_scale: float = 100.0,
+) -> torch.Tensor:
+    """Fuse CLIP's classification with the proposer's objectness: p_obj x p_clip(c).
+
+    The softmax runs over the N classes plus the background text, and the background
+    column is dropped only after the product (trap 6), so a proposal that looks like
+    background gets low scores for every class.
+
+    :param mask_embeddings: float (Q, D), L2-normalised CLIP mask embeddings.
+    :param text_embeddings: float (N + 1, D), L2-normalised text embeddings with the
+        'background' entry LAST.
+    :param objectness: float (Q,), p_obj of each proposal in [0, 1].
+    :param logit_scale: multiplier of the cosine similarity (CLIP's fixed 100).
+    :return: float (Q, N) class scores in [0, 1].
+    """
+    if mask_embeddings.ndim != 2 or text_embeddings.ndim != 2:
+        raise ValueError(
+            f'classify_masks expects 2-D embeddings, got mask {tuple(mask_embeddings.shape)} '
+            f'and text {tuple(text_embeddings.shape)}'
+        )
+    if text_embeddings.shape[0] < 1:
+        raise ValueError(
+            'text_embeddings needs at least the background row (last); append the '
+            "'background' text embedding to the vocabulary's embeddings"
+        )
+    if mask_embeddings.shape[1] != text_embeddings.shape[1]:
+        raise ValueError(
+            f'embedding widths differ: masks have D={mask_embeddings.shape[1]}, text has '
+            f'D={text_embeddings.shape[1]}; encode both with the same CLIP model'
+        )
+    if objectness.shape != (mask_embeddings.shape[0],):
+        raise ValueError(
+            f'objectness must have shape ({mask_embeddings.shape[0]},), '
+            f'got {tuple(objectness.shape)}'
+        )
+    logits = logit_scale * mask_embeddings.float() @ text_embeddings.float().T
+    p_clip = logits.softmax(dim=-1)
+    return (objectness.float()[:, None] * p_clip)[:, :-1]
+
+
+def _check_scores_and_masks(class_scores: torch.Tensor, mask_logits: torch.Tensor) -> None:
+    """Raise ValueError unless class_scores is (Q, N) and mask_logits is (Q, H, W)."""
+    if class_scores.ndim != 2 or mask_logits.ndim != 3:
+        raise ValueError(
+            f'expected class_scores (Q, N) and mask_logits (Q, H, W) for one image, got '
+            f'{tuple(class_scores.shape)} and {tuple(mask_logits.shape)}'
+        )
+    if class_scores.shape[0] != mask_logits.shape[0]:
+        raise ValueError(
+            f'class_scores has {class_scores.shape[0]} queries but mask_logits has '
+            f'{mask_logits.shape[0]}; pass the outputs of the same proposals'
+        )
+
+
+def semantic_inference(
+    class_scores: torch.Tensor, mask_logits: torch.Tensor, class_chunk: int = 64
+) -> torch.Tensor:
+    """Per-pixel class: argmax over c of sum_q score(q, c) x sigmoid(mask_q).
+
+    No threshold and no background channel, as in the reference. Classes are processed
+    ``class_chunk`` at a time with a running maximum, so memory is O(class_chunk x H x W)
+    and an 847-class vocabulary costs no more memory than a small one. A pixel no class
+    claims (no queries, no classes, or every sum exactly 0) is ``UNLABELED``.
+
+    :param class_scores: float (Q, N) fused class scores (see :func:`classify_masks`).
+    :param mask_logits: float (Q, H, W) mask logits.
+    :param class_chunk: how many classes to score at once (>= 1).
+    :return: int64 (H, W) class index per pixel, ``UNLABELED`` (-1) where none.
+    """
+    _check_scores_and_masks(class_scores, mask_logits)
+    if class_chunk < 1:
+        raise ValueError(f'class_chunk must be >= 1, got {class_chunk}')
+    num_queries, num_classes = class_scores.shape
+    height, width = mask_logits.shape[1:]
+    device = mask_logits.device
+    best_label = torch.full((height * width,), UNLABELED, dtype=torch.int64, device=device)
+    if num_classes == 0 or num_queries == 0:
+        return best_label.view(height, width)
+    probs = mask_logits.float().sigmoid().reshape(num_queries, height * width)
+    scores = class_scores.float().to(device)
+    # Starting at 0 (not -inf) leaves pixels whose every sum is 0 unlabeled; sums are >= 0.
+    best_value = torch.zeros(height * width, dtype=torch.float32, device=device)
+    for start in range(0, num_classes, class_chunk):
+        chunk = scores[:, start : start + class_chunk].T @ probs
+        chunk_value, chunk_label = chunk.max(dim=0)
+        # Strictly greater keeps the lower class index on ties, as a single argmax would.
+        better = chunk_value > best_value
+        best_value = torch.where(better, chunk_value, best_value)
+        best_label = torch.where(better, chunk_label + start, best_label)
+    return best_label.view(height, width)
+
+
+def panoptic_inference(
+    class_scores: torch.Tensor,
+    mask_logits: torch.Tensor,
+    is_thing: torch.Tensor,
+    object_mask_threshold: float = 0.3,
+    overlap_threshold: float = 0.3,
+) -> tuple[torch.Tensor, list[PanopticSegmentInfo]]:
+    """Mask2Former's panoptic merge of the proposals into non-overlapping segments.
+
+    1. Each query takes its best class; queries scoring <= ``object_mask_threshold`` go.
+    2. Every pixel goes to the kept query with the highest score x sigmoid.
+    3. A query's segment is its pixels from step 2 that also have sigmoid >= 0.5. It is
+       dropped when empty, or when its step-2 pixel count divided by the count of its
+       sigmoid >= 0.5 pixels is below ``overlap_threshold`` (the reference divides the
+       step-2 count, not the segment's own area).
+    4. Stuff segments of one class merge into one segment; things never merge.
+
+    MasQCLIP uses 0.3 / 0.3 (not Mask2Former's 0.8 / 0.8) because its scores are products
+    of two probabilities (trap 14).
+
+    :param class_scores: float (Q, N) fused class scores.
+    :param mask_logits: float (Q, H, W) mask logits.
+    :param is_thing: bool (N,), True for thing classes.
+    :param object_mask_threshold: minimum class score of a query to be considered.
+    :param overlap_threshold: minimum fraction of a query's mask it must keep after the
+        per-pixel competition.
+    :return: int32 (H, W) segment ids (0 = void, segments 1..K consecutive), and the K
+        segments in id order.
+    """
+    _check_scores_and_masks(class_scores, mask_logits)
+    num_classes = class_scores.shape[1]
+    if is_thing.shape != (num_classes,):
+        raise ValueError(
+            f'is_thing must have one flag per class, shape ({num_classes},), '
+            f'got {tuple(is_thing.shape)}'
+        )
+    height, width = mask_logits.shape[1:]
+    device = mask_logits.device
+    panoptic = torch.zeros((height, width), dtype=torch.int32, device=device)
+    if num_classes == 0 or class_scores.shape[0] == 0:
+        return panoptic, []
+
+    scores, classes = class_scores.float().to(device).max(dim=-1)
+    keep = scores > object_mask_threshold
+    scores, classes = scores[keep], classes[keep]
+    probs = mask_logits.float().sigmoid()[keep]
+    num_kept = probs.shape[0]
+    if num_kept == 0:
+        return panoptic, []
+
+    winner = (scores[:, None, None] * probs).argmax(dim=0).view(-1)
+    inside = (probs >= 0.5).view(num_kept, -1)
+    inside_at_winner = inside.gather(0, winner[None]).squeeze(0)
+    won_area = torch.bincount(winner, minlength=num_kept)
+    segment_area = torch.bincount(winner[inside_at_winner], minlength=num_kept)
+    mask_area = inside.sum(dim=1)
+
+    # One host transfer, then a short Python loop over at most Q queries.
+    thing_flags = is_thing.bool().tolist()
+    rows = zip(
+        scores.tolist(),
+        classes.tolist(),
+        won_area.tolist(),
+        segment_area.tolist(),
+        mask_area.tolist(),
+        strict=True,
+    )
+    query_to_id = [0] * num_kept
+    # Per segment: [class_id, is_thing, score]; the segment's id is its position + 1.
+    segments: list[list] = []
+    stuff_id: dict[int, int] = {}
+    for query, (score, class_id, won, segment, original) in enumerate(rows):
+        if won == 0 or original == 0 or segment == 0:
+            continue
+        if won / original < overlap_threshold:
+            continue
+        thing = thing_flags[class_id]
+        if not thing and class_id in stuff_id:
+            merged = segments[stuff_id[class_id] - 1]
+            merged[2] = max(merged[2], score)
+            query_to_id[query] = stuff_id[class_id]
+            continue
+        segments.append([class_id, thing, score])
+        query_to_id[query] = len(segments)
+        if not thing:
+            stuff_id[class_id] = len(segments)
+
+    if not segments:
+        return panoptic, []
+    ids = torch.tensor(query_to_id, dtype=torch.int32, device=device)[winner]
+    flat = torch.where(inside_at_winner, ids, torch.zeros_like(ids))
+    panoptic = flat.view(height, width)
+    areas = torch.bincount(flat.long(), minlength=len(segments) + 1).tolist()
+    infos = [
+        PanopticSegmentInfo(
+            id=segment_id, class_id=class_id, is_thing=thing, score=score, area=areas[segment_id]
+        )
+        for segment_id, (class_id, thing, score) in enumerate(segments, start=1)
+    ]
+    return panoptic, infos
+
+
+def instance_inference(
+    class_scores: torch.Tensor,
+    mask_logits: torch.Tensor,
+    max_instances: int = 100,
+    keep_classes: torch.Tensor | None = None,
+) -> InstanceInferenceResult:
+    """Top-k (query, class) pairs as instances, Mask2Former style.
+
+    The top ``max_instances`` entries of the flattened Q x N scores are taken first and
+    only then restricted to ``keep_classes``, in the reference's order (so fewer than
+    ``max_instances`` may remain). A flat index i is query i // N and class i % N, with N
+    the score matrix's own width (trap 17: the MaskCLIP bug used N + 1 here).
+
+    :param class_scores: float (Q, N) fused class scores.
+    :param mask_logits: float (Q, H, W) mask logits.
+    :param max_instances: k of the top-k (>= 0).
+    :param keep_classes: bool (N,) classes allowed to be instances (the thing classes when
+        panoptic output is on), or None for all.
+    :return: the kept instances sorted by final score, highest first.
+    """
+    _check_scores_and_masks(class_scores, mask_logits)
+    if max_instances < 0:
+        raise ValueError(f'max_instances must be >= 0, got {max_instances}')
+    num_queries, num_classes = class_scores.shape
+    if keep_classes is not None and keep_classes.shape != (num_classes,):
+        raise ValueError(
+            f'keep_classes must have one flag per class, shape ({num_classes},), '
+            f'got {tuple(keep_classes.shape)}'
+        )
+    device = mask_logits.device
+    k = min(max_instances, num_queries * num_classes)
+    top_scores, flat_index = class_scores.float().to(device).flatten().topk(k)
+    # max(., 1) only avoids dividing the empty index tensor by zero when N == 0.
+    query_indices = flat_index // max(num_classes, 1)
+    class_ids = flat_index % max(num_classes, 1)
+    if keep_classes is not None:
+        allowed = keep_classes.bool().to(device)[class_ids]
+        top_scores = top_scores[allowed]
+        query_indices = query_indices[allowed]
+        class_ids = class_ids[allowed]
+
+    logits = mask_logits[query_indices].float()
+    masks = logits > 0
+    area = masks.sum(dim=(1, 2))
+    inside_sum = (logits.sigmoid() * masks).sum(dim=(1, 2))
+    mean_inside = torch.where(area > 0, inside_sum / area.clamp(min=1), 0.0)
+    final = top_scores * mean_inside
+    order = final.argsort(descending=True, stable=True)
+    return InstanceInferenceResult(
+        scores=final[order],
+        class_ids=class_ids[order],
+        query_indices=query_indices[order],
+        masks=masks[order],
+    )
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight boxes around binary masks, x1 / y1 exclusive.
+
+    Torch only (a numpy caller converts with ``torch.from_numpy``). A one-pixel mask at
+    (x=3, y=5) gives (3, 5, 4, 6); an empty mask gives zeros.
+
+    :param masks: bool (K, H, W).
+    :return: float32 (K, 4) as x0, y0, x1, y1 in pixels, on the masks' device.
+    """
+    if masks.ndim != 3:
+        raise ValueError(f'masks must be (K, H, W), got {tuple(masks.shape)}')
+    count, height, width = masks.shape
+    boxes = torch.zeros((count, 4), dtype=torch.float32, device=masks.device)
+    if count == 0 or height == 0 or width == 0:
+        return boxes
+    masks = masks.bool()
+    columns = masks.any(dim=1).to(torch.uint8)
+    rows = masks.any(dim=2).to(torch.uint8)
+    # argmax returns the first maximum: the first occupied column / row.
+    x0 = columns.argmax(dim=1)
+    y0 = rows.argmax(dim=1)
+    x1 = width - columns.flip(1).argmax(dim=1)
+    y1 = height - rows.flip(1).argmax(dim=1)
+    occupied = masks.flatten(1).any(dim=1)
+    boxes[occupied] = torch.stack([x0, y0, x1, y1], dim=1)[occupied].float()
+    return boxes

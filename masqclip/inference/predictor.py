@@ -1,0 +1,367 @@
+"""The predictor: a numpy image in, a ``SegmentationResult`` out.
+
+It owns the transforms, the current vocabulary and its cached text embeddings, and the
+post-processing; the image model behind it (``MasQCLIP``: proposer + CLIP with mask tokens) is
+vocabulary-free, so changing the vocabulary or asking a free-text question never re-runs it.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from masqclip.inference.postprocess import (
+    classify_masks,
+    instance_inference,
+    masks_to_boxes,
+    panoptic_inference,
+    semantic_inference,
+)
+from masqclip.inference.results import (
+    Instance,
+    PanopticSegment,
+    Proposals,
+    SegmentationResult,
+)
+from masqclip.inference.transforms import (
+    ResizeSpec,
+    crop_mask_logits,
+    image_to_tensor,
+    mask_logits_to_image,
+    plan_resize,
+    validate_image,
+)
+from masqclip.inference.vocabulary import (
+    BACKGROUND,
+    TextEmbeddingCache,
+    Vocabulary,
+    validate_query,
+)
+from masqclip.modeling.masqclip import MasQCLIP
+
+logger = logging.getLogger('masqclip')
+
+TASKS = ('instance', 'semantic', 'panoptic')
+
+ImageModel = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+"""Images [B, 3, Hp, Wp] (RGB 0-255) -> mask logits [B, Q, Hp/4, Wp/4], objectness [B, Q],
+mask embeddings [B, Q, D]: the vocabulary-free image path, whatever backend runs it."""
+
+
+@dataclass(frozen=True)
+class PredictorCfg:
+    """Inference options; ``None`` thresholds take the model config's values.
+
+    :param tasks: outputs to compute, a subset of ``TASKS``.
+    :param score_threshold: instances scoring lower are dropped (the reference keeps all).
+    :param object_mask_threshold: panoptic: minimum class score of a kept proposal.
+    :param overlap_threshold: panoptic: minimum visible fraction of a kept proposal's mask.
+    :param max_instances: instance output: top-k over proposals x classes.
+    :param min_area_px: instances with fewer mask pixels are dropped.
+    :param prompt_templates: e.g. ``('a photo of a {}.',)``; empty = raw names (reference).
+    :param find_overlap_iou: ``find`` drops a match whose mask overlaps a better one more.
+    """
+
+    tasks: tuple[str, ...] = TASKS
+    score_threshold: float = 0.0
+    object_mask_threshold: float | None = None
+    overlap_threshold: float | None = None
+    max_instances: int | None = None
+    min_area_px: int = 0
+    prompt_templates: tuple[str, ...] = ()
+    find_overlap_iou: float = 0.7
+
+    def __post_init__(self) -> None:
+        validate_tasks(self.tasks)
+        for name in ('score_threshold', 'object_mask_threshold', 'overlap_threshold',
+                     'find_overlap_iou'):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f'{name} must be in [0, 1], got {value}')
+        if self.max_instances is not None and self.max_instances < 1:
+            raise ValueError(f'max_instances must be >= 1, got {self.max_instances}')
+        if self.min_area_px < 0:
+            raise ValueError(f'min_area_px must be >= 0, got {self.min_area_px}')
+
+
+def validate_tasks(tasks: Collection[str]) -> frozenset[str]:
+    """Return ``tasks`` as a set, or raise ``ValueError`` naming the unknown ones."""
+    unknown = set(tasks) - set(TASKS)
+    if unknown:
+        raise ValueError(f'unknown tasks {sorted(unknown)}; choose from {", ".join(TASKS)}')
+    return frozenset(tasks)
+
+
+def fingerprint_module(module: torch.nn.Module) -> str:
+    """A hash of a module's parameters and buffers (identifies weights for the text cache)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class Predictor:
+    """Runs MasQCLIP on numpy images for the current vocabulary.
+
+    :param image_model: the vocabulary-free image path (see ``ImageModel``); the ``MasQCLIP``
+        module itself for the torch backend.
+    :param encode_classes: ``TextEncoder.encode_classes``-like: classes (tuples of prompts) and
+        templates -> [N, D] L2-normalised embeddings.
+    :param text_fingerprint: identifies the text weights (cache invalidation).
+    :param model_config: the architecture's JSON config (preprocess + inference defaults).
+    :param device: where the post-processing tensors live.
+    """
+
+    def __init__(self, image_model: ImageModel,
+                 encode_classes: Callable[[list[tuple[str, ...]], Sequence[str]], torch.Tensor],
+                 text_fingerprint: str, model_config: dict, device: str = 'cpu',
+                 cfg: PredictorCfg | None = None) -> None:
+        self.cfg = cfg or PredictorCfg()
+        self.model_config = model_config
+        self.device = torch.device(device)
+        self._image_model = image_model
+        self._preprocess = model_config['preprocess']
+        defaults = model_config.get('inference', {})
+        self._object_mask_threshold = _first(self.cfg.object_mask_threshold,
+                                             defaults.get('object_mask_threshold'), 0.3)
+        self._overlap_threshold = _first(self.cfg.overlap_threshold,
+                                         defaults.get('overlap_threshold'), 0.3)
+        self._max_instances = _first(self.cfg.max_instances, defaults.get('max_instances'), 100)
+        templates = self.cfg.prompt_templates
+        self.text_cache = TextEmbeddingCache(lambda classes: encode_classes(classes, templates),
+                                             text_fingerprint, templates)
+        self._vocabulary = Vocabulary(())
+        self._text = self.text_cache.embed_vocabulary(self._vocabulary).to(self.device)
+        self._is_thing = torch.zeros(0, dtype=torch.bool, device=self.device)
+
+    @classmethod
+    def from_config(cls, model: str | None = 'test_tiny', checkpoint: str | None = None,
+                    clip_weights: str | None = None, device: str = 'cpu',
+                    backend: str = 'torch', precision: str = 'fp32',
+                    **options: object) -> Predictor:
+        """Build a predictor from a named architecture or a checkpoint (which names its own).
+
+        :param options: ``PredictorCfg`` fields.
+        """
+        from masqclip.factory import build_model
+
+        if backend != 'torch':
+            raise ValueError(f'backend {backend!r} is not available; use "torch"')
+        network, config = build_model(model, checkpoint=checkpoint, clip_weights=clip_weights)
+        return cls.from_network(network, config, device, precision, **options)
+
+    @classmethod
+    def from_network(cls, network: MasQCLIP, config: dict, device: str = 'cpu',
+                     precision: str = 'fp32', **options: object) -> Predictor:
+        """Wrap an in-memory ``MasQCLIP`` (torch backend), e.g. during training."""
+        network = network.eval().to(device)
+        return cls(_torch_image_model(network, device, precision), network.encode_classes,
+                   fingerprint_module(network.text), config, device=device,
+                   cfg=PredictorCfg(**options))
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self._vocabulary
+
+    def set_vocabulary(self, vocabulary: Vocabulary) -> float:
+        """Make ``vocabulary`` current; returns the seconds spent encoding new text."""
+        start = time.perf_counter()
+        text = self.text_cache.embed_vocabulary(vocabulary).to(self.device)
+        self._vocabulary, self._text = vocabulary, text
+        self._is_thing = torch.tensor(vocabulary.is_thing, dtype=torch.bool, device=self.device)
+        return time.perf_counter() - start
+
+    def predict(self, image: np.ndarray, color: str = 'rgb',
+                tasks: Collection[str] | None = None) -> SegmentationResult:
+        """Segment one image with the current vocabulary.
+
+        :param image: uint8 (H, W, 3).
+        :param color: channel order of ``image``, 'rgb' or 'bgr'.
+        :param tasks: subset of ``TASKS``; default: the config's.
+        :raises InvalidImageError: for an image that cannot be processed.
+        """
+        tasks = validate_tasks(self.cfg.tasks if tasks is None else tasks)
+        timings: dict[str, float] = {}
+        clock = _Stopwatch(timings, self.device)
+
+        images, spec = self.preprocess(image, color)
+        clock.lap('preprocess')
+
+        with torch.inference_mode():
+            mask_logits, objectness, embeddings = self._image_model(images)
+            mask_logits, objectness, embeddings = (
+                t[0].float() for t in (mask_logits, objectness, embeddings))
+            clock.lap('image_model')
+            class_scores = classify_masks(embeddings, self._text, objectness)
+            low_res_logits = crop_mask_logits(mask_logits, spec)
+            clock.lap('classify')
+            result = SegmentationResult(image_size=spec.original,
+                                        vocabulary=self._vocabulary.names, timings=timings)
+            if 'semantic' in tasks:
+                result.semantic = self._semantic(class_scores, low_res_logits, spec)
+                clock.lap('semantic')
+            if tasks & {'instance', 'panoptic'}:
+                full_logits = mask_logits_to_image(mask_logits, spec)
+                clock.lap('upsample')
+                if 'panoptic' in tasks:
+                    result.panoptic, result.segments = self._panoptic(class_scores, full_logits)
+                    clock.lap('panoptic')
+                if 'instance' in tasks:
+                    result.instances = self._instances(class_scores, full_logits, embeddings,
+                                                       objectness, things_only='panoptic' in tasks)
+                    clock.lap('instance')
+            result.proposals = Proposals(embeddings.cpu().numpy(), objectness.cpu().numpy(),
+                                         low_res_logits.cpu().numpy())
+        return result
+
+    def preprocess(self, image: np.ndarray, color: str = 'rgb') -> tuple[torch.Tensor, ResizeSpec]:
+        """Check, resize and pad an image into the image model's input.
+
+        :return: float [1, 3, Hp, Wp] RGB 0-255 on the predictor's device, and the geometry.
+        :raises InvalidImageError: for an image that cannot be processed.
+        """
+        if color not in ('rgb', 'bgr'):
+            raise ValueError(f"color must be 'rgb' or 'bgr', got {color!r}")
+        image = validate_image(image)
+        if color == 'bgr':
+            image = image[..., ::-1]
+        spec = plan_resize(*image.shape[:2], self._preprocess['min_size'],
+                           self._preprocess['max_size'], self._preprocess['size_divisibility'])
+        return image_to_tensor(image, spec).to(self.device), spec
+
+    def find(self, result: SegmentationResult, query: str,
+             negative_queries: Sequence[str] = (), max_results: int = 10,
+             min_score: float = 0.0) -> list[Instance]:
+        """Score a free-text query against an already segmented frame's proposals.
+
+        No image pass: the query's text embedding (cached) meets the frame's per-mask CLIP
+        embeddings. The query, the negative queries and 'background' compete in one softmax, so
+        a proposal that better fits a negative query ("blue mug" against "red mug") scores low.
+
+        :return: matches sorted by score (p_obj x p_clip(query) x mean in-mask sigmoid), each
+            with ``class_id`` 0 and ``label`` the query; overlapping duplicates removed.
+        :raises VocabularyError: for an empty or unusable query.
+        """
+        if result.proposals is None:
+            raise ValueError('this result holds no proposals; it did not come from predict()')
+        query = validate_query(query)
+        negatives = [validate_query(text) for text in negative_queries]
+        prompts = [(query,), *((text,) for text in negatives), (BACKGROUND,)]
+        proposals = result.proposals
+        with torch.inference_mode():
+            text = self.text_cache.embed(prompts)
+            scores = classify_masks(torch.from_numpy(proposals.embeddings), text.cpu(),
+                                    torch.from_numpy(proposals.objectness))[:, 0]
+            logits = F.interpolate(torch.from_numpy(proposals.mask_logits)[None],
+                                   size=result.image_size, mode='bilinear',
+                                   align_corners=False)[0]
+            probs = logits.sigmoid()
+            masks = logits > 0
+            area = masks.flatten(1).sum(1)
+            final = scores * (probs * masks).flatten(1).sum(1) / area.clamp(min=1)
+        matches: list[Instance] = []
+        chosen: list[torch.Tensor] = []
+        for q in torch.argsort(final, descending=True).tolist():
+            if len(matches) >= max_results or final[q] < min_score or final[q] <= 0:
+                break
+            if any(_iou(masks[q], other) > self.cfg.find_overlap_iou for other in chosen):
+                continue
+            chosen.append(masks[q])
+            matches.append(_make_instance(query, 0, final[q], proposals.objectness[q],
+                                          masks[q], proposals.embeddings[q], q))
+        return matches
+
+    def _semantic(self, class_scores: torch.Tensor, low_res_logits: torch.Tensor,
+                  spec: ResizeSpec) -> np.ndarray:
+        # At the proposer's 1/4 resolution, then nearest-upsampled: the class-by-pixel product
+        # is what grows with the vocabulary, so it runs on 16x fewer pixels (the reference
+        # computes it at input resolution).
+        labels = semantic_inference(class_scores, low_res_logits)
+        labels = F.interpolate(labels[None, None].float(), size=spec.original, mode='nearest')
+        return labels[0, 0].to(torch.int32).cpu().numpy()
+
+    def _panoptic(self, class_scores: torch.Tensor, full_logits: torch.Tensor
+                  ) -> tuple[np.ndarray, list[PanopticSegment]]:
+        panoptic, infos = panoptic_inference(class_scores, full_logits, self._is_thing,
+                                             self._object_mask_threshold,
+                                             self._overlap_threshold)
+        names = self._vocabulary.names
+        segments = [PanopticSegment(s.id, s.class_id, names[s.class_id], s.is_thing, s.score,
+                                    s.area) for s in infos]
+        return panoptic.cpu().numpy().astype(np.int32), segments
+
+    def _instances(self, class_scores: torch.Tensor, full_logits: torch.Tensor,
+                   embeddings: torch.Tensor, objectness: torch.Tensor,
+                   things_only: bool) -> list[Instance]:
+        found = instance_inference(class_scores, full_logits, self._max_instances,
+                                   self._is_thing if things_only else None)
+        names = self._vocabulary.names
+        embeddings, objectness = embeddings.cpu().numpy(), objectness.cpu().numpy()
+        instances = []
+        for score, class_id, q, mask in zip(found.scores.tolist(), found.class_ids.tolist(),
+                                            found.query_indices.tolist(), found.masks,
+                                            strict=True):
+            if score < self.cfg.score_threshold:
+                break  # sorted by score
+            if int(mask.sum()) < max(self.cfg.min_area_px, 1):
+                continue
+            instances.append(_make_instance(names[class_id], class_id, score, objectness[q],
+                                            mask, embeddings[q], q))
+        return instances
+
+
+def _make_instance(label: str, class_id: int, score: float | torch.Tensor,
+                   objectness: float | np.floating, mask: torch.Tensor, embedding: np.ndarray,
+                   query_index: int) -> Instance:
+    box = masks_to_boxes(mask[None])[0]
+    return Instance(label=label, class_id=int(class_id), score=float(score),
+                    objectness=float(objectness), box=box.cpu().numpy().astype(np.float32),
+                    mask=mask.cpu().numpy(), embedding=np.asarray(embedding, np.float32),
+                    query_index=int(query_index))
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 0.0
+
+
+def _first(*values: object) -> object:
+    return next(v for v in values if v is not None)
+
+
+def _torch_image_model(network: torch.nn.Module, device: str, precision: str) -> ImageModel:
+    if precision == 'fp32':
+        return network
+    if precision != 'fp16':
+        raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+    if torch.device(device).type != 'cuda':
+        raise ValueError('fp16 needs a CUDA device; use precision fp32 on the CPU')
+
+    def run_fp16(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.autocast('cuda', dtype=torch.float16):
+            return network(images)
+
+    return run_fp16
+
+
+class _Stopwatch:
+    """Records the seconds since the previous lap under a stage name."""
+
+    def __init__(self, timings: dict[str, float], device: torch.device) -> None:
+        self._timings = timings
+        # CUDA kernels run asynchronously: wait for them so each lap times its own stage.
+        self._sync = torch.cuda.synchronize if device.type == 'cuda' else lambda: None
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        self._sync()
+        now = time.perf_counter()
+        self._timings[stage] = now - self._last
+        self._last = now

@@ -1,0 +1,109 @@
+"""Image checks and the geometric transforms between a user's image and the network input.
+
+The proposer sees the image resized so its short side is ``min_size`` (long side capped at
+``max_size``), zero-padded on the right and bottom to a multiple of ``size_divisibility``
+(black padding at test time, method.md trap 5). Masks come back at 1/4 of the padded size and
+are mapped back to the original image here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MIN_SIDE = 16
+"""Smaller images hold nothing a 14-16 px CLIP patch can classify."""
+
+MAX_PIXELS = 40_000_000
+"""About 8K x 5K; a full-size mask per instance beyond this costs gigabytes."""
+
+
+class InvalidImageError(ValueError):
+    """An image the predictor cannot process; the message says what is wrong."""
+
+
+def validate_image(image: object) -> np.ndarray:
+    """Check that ``image`` is an H x W x 3 uint8 array of a workable size and return it.
+
+    :raises InvalidImageError: naming what is wrong and how to fix it.
+    """
+    if not isinstance(image, np.ndarray):
+        raise InvalidImageError(f'expected a numpy array, got {type(image).__name__}')
+    if image.dtype != np.uint8:
+        raise InvalidImageError(f'expected dtype uint8 (0-255), got {image.dtype}; convert '
+                                'float images with (image * 255).clip(0, 255).astype(np.uint8)')
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidImageError(f'expected an H x W x 3 colour image, got shape {image.shape}; '
+                                'convert grey or RGBA images to 3 channels first')
+    height, width = image.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        raise InvalidImageError(
+            f'image is {width}x{height}; both sides must be at least {MIN_SIDE} pixels')
+    if height * width > MAX_PIXELS:
+        raise InvalidImageError(f'image is {width}x{height} ({height * width / 1e6:.0f} MP); '
+                                f'downscale it to at most {MAX_PIXELS / 1e6:.0f} MP')
+    return image
+
+
+@dataclass(frozen=True)
+class ResizeSpec:
+    """How an image was mapped onto the network input.
+
+    :param original: (H, W) of the user's image.
+    :param resized: (h, w) after resizing, before padding.
+    :param padded: (Hp, Wp) of the network input, multiples of the size divisibility.
+    """
+
+    original: tuple[int, int]
+    resized: tuple[int, int]
+    padded: tuple[int, int]
+
+
+def plan_resize(height: int, width: int, min_size: int, max_size: int,
+                size_divisibility: int) -> ResizeSpec:
+    """Shortest-edge resize (detectron2's ``ResizeShortestEdge`` rule) plus padding."""
+    scale = min_size / min(height, width)
+    if max(height, width) * scale > max_size:
+        scale = max_size / max(height, width)
+    resized = (max(1, round(height * scale)), max(1, round(width * scale)))
+    padded = tuple(-(-side // size_divisibility) * size_divisibility for side in resized)
+    return ResizeSpec((height, width), resized, padded)
+
+
+def image_to_tensor(image_rgb: np.ndarray, spec: ResizeSpec) -> torch.Tensor:
+    """Resize and zero-pad an RGB uint8 image into the network input.
+
+    :return: float32 [1, 3, Hp, Wp], RGB in 0-255.
+    """
+    h, w = spec.resized
+    if (h, w) != spec.original:
+        image_rgb = cv2.resize(image_rgb, (w, h), interpolation=cv2.INTER_LINEAR)
+    canvas = np.zeros((*spec.padded, 3), dtype=np.float32)
+    canvas[:h, :w] = image_rgb
+    return torch.from_numpy(canvas).permute(2, 0, 1).unsqueeze(0)
+
+
+def crop_mask_logits(mask_logits: torch.Tensor, spec: ResizeSpec) -> torch.Tensor:
+    """Crop [Q, Hp/4, Wp/4] mask logits to the low-resolution cells that hold image content."""
+    scale_y = mask_logits.shape[-2] / spec.padded[0]
+    scale_x = mask_logits.shape[-1] / spec.padded[1]
+    rows = max(1, round(spec.resized[0] * scale_y))
+    cols = max(1, round(spec.resized[1] * scale_x))
+    return mask_logits[..., :rows, :cols]
+
+
+def mask_logits_to_image(mask_logits: torch.Tensor, spec: ResizeSpec) -> torch.Tensor:
+    """Map [Q, Hp/4, Wp/4] mask logits to [Q, H, W] at the original image size.
+
+    As the reference (Mask2Former's ``sem_seg_postprocess``): bilinear to the padded input size,
+    crop the padding, bilinear to the original size.
+    """
+    logits = F.interpolate(mask_logits[None], size=spec.padded, mode='bilinear',
+                           align_corners=False)
+    logits = logits[..., :spec.resized[0], :spec.resized[1]]
+    if spec.resized != spec.original:
+        logits = F.interpolate(logits, size=spec.original, mode='bilinear', align_corners=False)
+    return logits[0]

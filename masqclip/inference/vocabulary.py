@@ -1,0 +1,233 @@
+"""What the model is asked to find: a validated list of classes, and the text-embedding cache.
+
+Text enters MasQCLIP only at the very end, as a dot product with per-mask CLIP embeddings, so
+a vocabulary change costs one pass of the text tower over the classes not seen before and never
+touches the image path.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+BACKGROUND = 'background'
+"""Always appended as the last text entry; it takes part in the softmax (method.md 1.6)."""
+
+MAX_CLASSES = 4096
+"""More classes than any benchmark vocabulary (ADE20K-847) by far; beyond it is a mistake."""
+
+MAX_NAME_LENGTH = 200
+
+
+class VocabularyError(ValueError):
+    """A vocabulary (or query) that cannot be used; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class VocabularyEntry:
+    """One class.
+
+    :param name: what the class is called in outputs, and the first text prompt for it.
+    :param synonyms: further names; their text embeddings are averaged with ``name``'s.
+    :param is_thing: True for countable objects (instances), False for stuff regions (merged
+        into one panoptic segment per class, never reported as instances when panoptic is on).
+    """
+
+    name: str
+    synonyms: tuple[str, ...] = ()
+    is_thing: bool = True
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        """The texts whose embeddings are averaged for this class."""
+        return (self.name, *self.synonyms)
+
+
+def _clean_text(text: object, what: str) -> str:
+    if not isinstance(text, str):
+        raise VocabularyError(f'{what} must be a string, got {type(text).__name__}: {text!r}')
+    cleaned = ' '.join(text.split())
+    if not cleaned:
+        raise VocabularyError(f'{what} is empty; give every class a name such as "red mug"')
+    if len(cleaned) > MAX_NAME_LENGTH:
+        raise VocabularyError(
+            f'{what} is {len(cleaned)} characters long (at most {MAX_NAME_LENGTH}): '
+            f'{cleaned[:40]!r}...')
+    if not cleaned.isprintable():
+        raise VocabularyError(f'{what} contains control characters: {cleaned!r}')
+    return cleaned
+
+
+def validate_query(text: object) -> str:
+    """Return a free-text query cleaned of surplus whitespace, or raise ``VocabularyError``."""
+    return _clean_text(text, 'query')
+
+
+def _make_entry(name: object, synonyms: Iterable[object] = (), is_thing: object = True
+                ) -> VocabularyEntry:
+    clean_name = _clean_text(name, 'class name')
+    if isinstance(synonyms, str):
+        synonyms = [synonyms]
+    clean_synonyms = tuple(_clean_text(s, f'synonym of {clean_name!r}') for s in synonyms)
+    if not isinstance(is_thing, bool):
+        raise VocabularyError(f'is_thing of {clean_name!r} must be true or false')
+    return VocabularyEntry(clean_name, clean_synonyms, is_thing)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """An ordered, validated list of classes; a class's index is its position.
+
+    Immutable: ``add``, ``remove`` and ``replace`` return a new vocabulary. ``add`` never
+    changes an existing class's index; ``remove`` closes the gap (later classes move down).
+    """
+
+    entries: tuple[VocabularyEntry, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.entries) > MAX_CLASSES:
+            raise VocabularyError(
+                f'{len(self.entries)} classes is more than the {MAX_CLASSES} allowed; '
+                'split the vocabulary or query with the find service instead')
+        seen: dict[str, str] = {}
+        for entry in self.entries:
+            key = entry.name.lower()
+            if key == BACKGROUND:
+                raise VocabularyError(
+                    f'"{BACKGROUND}" is reserved: it is always appended as the no-class entry')
+            if key in seen:
+                raise VocabularyError(f'class {entry.name!r} appears twice')
+            seen[key] = entry.name
+
+    @classmethod
+    def from_names(cls, names: Iterable[object]) -> Vocabulary:
+        """Build from plain class names (things, no synonyms)."""
+        if isinstance(names, str):
+            raise VocabularyError('give a list of names, or use Vocabulary.parse for "a,b,c"')
+        return cls(tuple(_make_entry(name) for name in names))
+
+    @classmethod
+    def parse(cls, text: str) -> Vocabulary:
+        """Build from comma-separated names, e.g. ``'red mug, table'``."""
+        return cls.from_names([part for part in text.split(',') if part.strip()])
+
+    @classmethod
+    def from_records(cls, records: Iterable[object]) -> Vocabulary:
+        """Build from a list of names or ``{name, synonyms, is_thing}`` mappings (YAML form)."""
+        entries = []
+        for record in records:
+            if isinstance(record, dict):
+                unknown = set(record) - {'name', 'synonyms', 'is_thing'}
+                if unknown:
+                    raise VocabularyError(f'unknown class fields {sorted(unknown)} in {record}; '
+                                          'allowed: name, synonyms, is_thing')
+                entries.append(_make_entry(record.get('name'), record.get('synonyms', ()),
+                                           record.get('is_thing', True)))
+            else:
+                entries.append(_make_entry(record))
+        return cls(tuple(entries))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Vocabulary:
+        """Read a vocabulary file: a YAML list of classes, or a mapping with a ``classes`` list.
+
+        Each class is a name or ``{name: ..., synonyms: [...], is_thing: true|false}``.
+        """
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as error:
+            raise VocabularyError(f'cannot read vocabulary file {path}: {error}') from error
+        except yaml.YAMLError as error:
+            raise VocabularyError(f'vocabulary file {path} is not valid YAML: {error}') from error
+        if isinstance(data, dict):
+            data = data.get('classes')
+        if not isinstance(data, list):
+            raise VocabularyError(
+                f'vocabulary file {path} must hold a list of classes or a "classes:" list')
+        return cls.from_records(data)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(entry.name for entry in self.entries)
+
+    @property
+    def is_thing(self) -> tuple[bool, ...]:
+        return tuple(entry.is_thing for entry in self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, entries: Sequence[VocabularyEntry]) -> Vocabulary:
+        """Append new classes; a name already present is updated in place (same index)."""
+        merged = {entry.name.lower(): entry for entry in self.entries}
+        merged.update({entry.name.lower(): entry for entry in entries})
+        return Vocabulary(tuple(merged.values()))
+
+    def remove(self, names: Iterable[str]) -> Vocabulary:
+        """Drop classes by name; raises for a name that is not in the vocabulary."""
+        doomed = {name.strip().lower() for name in names}
+        missing = doomed - {entry.name.lower() for entry in self.entries}
+        if missing:
+            raise VocabularyError(f'cannot remove {sorted(missing)}: not in the vocabulary')
+        return Vocabulary(tuple(e for e in self.entries if e.name.lower() not in doomed))
+
+    def to_records(self) -> list[dict]:
+        """The YAML/JSON form, readable by ``from_records``."""
+        return [{'name': e.name, 'synonyms': list(e.synonyms), 'is_thing': e.is_thing}
+                for e in self.entries]
+
+
+class TextEmbeddingCache:
+    """L2-normalised text embeddings per class, computed once per (prompts, templates, weights).
+
+    Keys hash the class's prompts, the prompt templates and a fingerprint of the text tower's
+    weights, so loading other weights invalidates every entry. Least recently used entries are
+    evicted beyond ``max_entries``.
+
+    :param encode: maps a list of classes (each a tuple of prompts) to a float tensor
+        [N, D] of L2-normalised embeddings (``TextEncoder.encode_classes`` with templates bound).
+    :param weights_fingerprint: identifies the text tower's weights.
+    """
+
+    def __init__(self, encode: Callable[[list[tuple[str, ...]]], torch.Tensor],
+                 weights_fingerprint: str, templates: Sequence[str] = (),
+                 max_entries: int = 20000) -> None:
+        self._encode = encode
+        self._salt = json.dumps([weights_fingerprint, list(templates)])
+        self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+
+    def _key(self, prompts: tuple[str, ...]) -> str:
+        return hashlib.sha256(json.dumps([self._salt, list(prompts)]).encode()).hexdigest()
+
+    def embed(self, classes: Sequence[tuple[str, ...]]) -> torch.Tensor:
+        """Return [N, D] embeddings for ``classes`` (each a tuple of prompts), encoding only
+        the ones not cached, in one batched text pass."""
+        keys = [self._key(prompts) for prompts in classes]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._entries))
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            by_key = dict(zip(keys, classes, strict=True))
+            encoded = self._encode([by_key[k] for k in missing])
+            for key, embedding in zip(missing, encoded, strict=True):
+                self._entries[key] = embedding
+        for key in keys:
+            self._entries.move_to_end(key)
+        embeddings = torch.stack([self._entries[k] for k in keys]) if keys else None
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+        return embeddings
+
+    def embed_vocabulary(self, vocabulary: Vocabulary) -> torch.Tensor:
+        """[N + 1, D]: the vocabulary's classes then ``background``, as MasQCLIP scores them."""
+        return self.embed([e.prompts for e in vocabulary.entries] + [(BACKGROUND,)])

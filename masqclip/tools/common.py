@@ -1,0 +1,51 @@
+"""Command-line options shared by the subcommands that build a predictor."""
+from __future__ import annotations
+
+import argparse
+
+from masqclip.factory import list_models
+from masqclip.inference.predictor import TASKS, Predictor
+from masqclip.inference.vocabulary import Vocabulary, VocabularyError
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_model: str = 'test_tiny'
+                        ) -> None:
+    group = parser.add_argument_group('model')
+    group.add_argument('--model', default=default_model,
+                       help=f'architecture: one of {", ".join(list_models())} or a .json path; '
+                       'ignored when --checkpoint stores one (default: %(default)s)')
+    group.add_argument('--checkpoint', help='a masqclip_ros checkpoint (.pt)')
+    group.add_argument('--clip-weights', help="'openai' or a CLIP weights file, for a model "
+                       'without a checkpoint')
+    group.add_argument('--device', default='cpu', help='cpu, cuda, cuda:1 ... (%(default)s)')
+    group.add_argument('--precision', default='fp32', choices=('fp32', 'fp16'))
+
+
+def add_vocabulary_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument('--vocabulary', help='comma-separated class names, e.g. "red mug,table"')
+    group.add_argument('--vocabulary-file', help='YAML vocabulary (names, synonyms, is_thing)')
+
+
+def parse_tasks(text: str) -> tuple[str, ...]:
+    tasks = tuple(t.strip() for t in text.split(',') if t.strip())
+    unknown = set(tasks) - set(TASKS)
+    if unknown or not tasks:
+        raise argparse.ArgumentTypeError(f'tasks must be a comma list of {", ".join(TASKS)}')
+    return tasks
+
+
+def vocabulary_from_args(args: argparse.Namespace) -> Vocabulary:
+    if args.vocabulary_file:
+        vocabulary = Vocabulary.from_yaml(args.vocabulary_file)
+    else:
+        vocabulary = Vocabulary.parse(args.vocabulary)
+    if not vocabulary.names:
+        raise VocabularyError('the vocabulary is empty: name at least one class')
+    return vocabulary
+
+
+def predictor_from_args(args: argparse.Namespace, **options: object) -> Predictor:
+    return Predictor.from_config(None if args.checkpoint else args.model,
+                                 checkpoint=args.checkpoint, clip_weights=args.clip_weights,
+                                 device=args.device, precision=args.precision, **options)
