@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -96,16 +97,23 @@ def read_clip_state_dict(source: str | Path, open_clip_name: str | None = None
     if not path.is_file():
         raise CheckpointError(f'CLIP weights {path} not found; {WEIGHTS_HELP}')
     try:
-        state_dict = torch.jit.load(str(path), map_location='cpu').state_dict()
-    except RuntimeError:  # not TorchScript: a plain (open_clip) checkpoint
-        try:
+        if _is_torchscript(path):  # OpenAI's own release format
+            state_dict = torch.jit.load(str(path), map_location='cpu').state_dict()
+        else:
             state_dict = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as error:
-            raise CheckpointError(f'{path} is not a readable CLIP checkpoint: {error}') from error
-        state_dict = state_dict.get('state_dict', state_dict)
+            state_dict = state_dict.get('state_dict', state_dict)
+    except Exception as error:  # torch raises many types for a corrupt or foreign file
+        raise CheckpointError(f'{path} is not a readable CLIP checkpoint: {error}') from error
     state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()
                   if k not in _OPENAI_METADATA}
     return state_dict
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any('/code/' in name for name in archive.namelist())
 
 
 def load_clip_weights(model: nn.Module, source: str | Path, config: dict) -> None:

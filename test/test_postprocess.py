@@ -242,16 +242,16 @@ def test_instance_sorted_by_final_score_with_empty_mask_last() -> None:
     assert not result.masks[2].any()
 
 
-def test_instance_keep_classes_after_top_k() -> None:
+def test_instance_keep_classes_before_top_k() -> None:
     scores = torch.tensor([[0.1, 0.2], [0.3, 0.05], [0.01, 0.9]])
     logits = _column_masks(6, [(0, 2), (2, 4), (4, 6)])
     things = torch.tensor([True, False])
     result = instance_inference(scores, logits, keep_classes=things)
     assert result.class_ids.tolist() == [0, 0, 0]
     assert result.query_indices.tolist() == [1, 0, 2]
-    # As in the reference, the top-k comes first: the single best pair is stuff, so nothing
-    # is left.
-    assert instance_inference(scores, logits, 1, keep_classes=things).scores.numel() == 0
+    # The single best pair is stuff; restricting before the top-k still finds the best thing.
+    best_thing = instance_inference(scores, logits, 1, keep_classes=things)
+    assert best_thing.query_indices.tolist() == [1] and best_thing.class_ids.tolist() == [0]
     with pytest.raises(ValueError, match='keep_classes'):
         instance_inference(scores, logits, keep_classes=torch.tensor([True]))
 

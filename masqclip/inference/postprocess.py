@@ -255,10 +255,11 @@ def instance_inference(
 ) -> InstanceInferenceResult:
     """Top-k (query, class) pairs as instances, Mask2Former style.
 
-    The top ``max_instances`` entries of the flattened Q x N scores are taken first and
-    only then restricted to ``keep_classes``, in the reference's order (so fewer than
-    ``max_instances`` may remain). A flat index i is query i // N and class i % N, with N
-    the score matrix's own width (trap 17: the MaskCLIP bug used N + 1 here).
+    The flattened Q x N scores are restricted to ``keep_classes`` before the top
+    ``max_instances`` are taken. The reference takes the top-k first, so stuff pairs can crowd
+    every thing out of a small k; restricting first returns the same things whenever the
+    reference returns k of them. A flat index i is query i // N and class i % N, with N the
+    score matrix's own width (trap 17: the MaskCLIP bug used N + 1 here).
 
     :param class_scores: float (Q, N) fused class scores.
     :param mask_logits: float (Q, H, W) mask logits.
@@ -277,16 +278,16 @@ def instance_inference(
             f'got {tuple(keep_classes.shape)}'
         )
     device = mask_logits.device
-    k = min(max_instances, num_queries * num_classes)
-    top_scores, flat_index = class_scores.float().to(device).flatten().topk(k)
+    scores = class_scores.float().to(device)
+    allowed = torch.ones(num_classes, dtype=torch.bool, device=device)
+    if keep_classes is not None:
+        allowed = keep_classes.bool().to(device)
+        scores = scores.masked_fill(~allowed, -1.0)  # below every real score
+    k = min(max_instances, num_queries * int(allowed.sum()))
+    top_scores, flat_index = scores.flatten().topk(k)
     # max(., 1) only avoids dividing the empty index tensor by zero when N == 0.
     query_indices = flat_index // max(num_classes, 1)
     class_ids = flat_index % max(num_classes, 1)
-    if keep_classes is not None:
-        allowed = keep_classes.bool().to(device)[class_ids]
-        top_scores = top_scores[allowed]
-        query_indices = query_indices[allowed]
-        class_ids = class_ids[allowed]
 
     logits = mask_logits[query_indices].float()
     masks = logits > 0
