@@ -15,6 +15,8 @@ COMMANDS = {
     'segment': ('masqclip.tools.segment', 'segment an image for a vocabulary'),
     'bench': ('masqclip.tools.bench', 'measure speed: mask tokens, vocabulary size, stages'),
     'convert-upstream': ('masqclip.tools.convert', 'convert an upstream MasQCLIP .pth'),
+    'synth': ('masqclip.data.synthetic', 'write a procedural dataset in COCO formats'),
+    'ov-split': ('masqclip.data.ov_split', 'write the open-vocabulary base/novel split'),
 }
 
 
