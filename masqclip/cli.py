@@ -15,6 +15,10 @@ COMMANDS = {
     'segment': ('masqclip.tools.segment', 'segment an image for a vocabulary'),
     'bench': ('masqclip.tools.bench', 'measure speed: mask tokens, vocabulary size, stages'),
     'convert-upstream': ('masqclip.tools.convert', 'convert an upstream MasQCLIP .pth'),
+    'train': ('masqclip.training.cli',
+              'train MasQCLIP: stage1 (proposer distillation) | stage2 (MasQ-Tuning)'),
+    'eval': ('masqclip.training.evaluate',
+             'evaluate a checkpoint: mask AP, PQ, mIoU (all/base/novel), proposal recall'),
     'synth': ('masqclip.data.synthetic', 'write a procedural dataset in COCO formats'),
     'ov-split': ('masqclip.data.ov_split', 'write the open-vocabulary base/novel split'),
 }

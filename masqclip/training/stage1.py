@@ -1,0 +1,229 @@
+"""Stage 1, progressive distillation: train the class-agnostic proposer (method.md 2).
+
+Phase ``teacher`` trains the proposer on the base annotations (every label "object"). Each
+of ``student.rounds`` phases ``student<k>`` then starts from the previous phase's weights,
+freezes a copy of them as its teacher and trains on the annotations plus the teacher's online
+pseudo-masks (``pseudo_labels.py``); round k's student is round k+1's teacher. The reference
+runs one round with a constant learning rate (traps 10, 11).
+
+Files in the run folder: ``config.yaml`` (the resolved recipe), ``teacher.pt``,
+``student<k>.pt`` (each phase's weights), ``last.pt`` (resumable), ``model.pt`` (the final
+weights), ``metrics.csv``, ``eval.csv`` and ``curves.png``. Every ``.pt`` holds a whole
+MasQCLIP and loads with ``masqclip.factory.build_model(None, checkpoint=...)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from masqclip.checkpoint import save_checkpoint
+from masqclip.factory import build_model
+from masqclip.modeling.proposer import MaskProposer
+from masqclip.training import engine
+from masqclip.training.data import (
+    AugmentedSegments,
+    Batch,
+    load_category_split,
+    load_dataset,
+    lsj_from_recipe,
+    make_loader,
+)
+from masqclip.training.evaluate import evaluate
+from masqclip.training.losses import CriterionCfg, MatcherCfg, SetCriterion
+from masqclip.training.pseudo_labels import PseudoLabelCfg, add_pseudo_masks
+from masqclip.training.recipe import RecipeError, require
+
+logger = logging.getLogger('masqclip')
+
+SECTIONS = ('model', 'data', 'train', 'student', 'loss', 'matcher', 'eval')
+
+
+def plan_phases(recipe: Mapping[str, Any]) -> list[engine.Phase]:
+    """The phases a stage-1 recipe asks for: the teacher (unless ``student.teacher`` names a
+    trained one), then ``student.rounds`` students."""
+    train, student = recipe['train'], recipe['student']
+    rounds = int(student['rounds'])
+    if rounds < 0:
+        raise RecipeError(f'student.rounds must be >= 0, got {rounds}')
+    student_train = dict(train) | {'lr': student['lr'], 'batch_size': student['batch_size']}
+    phases = [] if student['teacher'] else [engine.Phase('teacher', int(train['steps']), train)]
+    phases += [
+        engine.Phase(f'student{k}', int(student['steps']), student_train)
+        for k in range(1, rounds + 1)
+    ]
+    if not phases:
+        raise RecipeError('nothing to train: student.teacher is set and student.rounds is 0')
+    offset = 0
+    for phase in phases:
+        phase.global_offset = offset
+        offset += phase.steps
+    return phases
+
+
+def frozen_teacher(path: str | Path, device: torch.device) -> MaskProposer:
+    """The proposer of a checkpoint, frozen: eval mode and no gradients (no EMA, trap 11)."""
+    network, _ = build_model(None, checkpoint=path)
+    return network.proposer.requires_grad_(False).eval().to(device)
+
+
+def proposer_param_groups(proposer: MaskProposer, backbone_lr: float) -> list[dict]:
+    """The backbone at ``backbone_lr`` x the base rate (ImageNet features move slowly), the
+    pixel decoder and transformer decoder at the base rate."""
+    backbone = list(proposer.backbone.parameters())
+    ids = {id(p) for p in backbone}
+    rest = [p for p in proposer.parameters() if id(p) not in ids]
+    # The full-rate group first: the log reports the first group's rate.
+    return [{'params': rest}, {'params': backbone, 'lr_scale': backbone_lr}]
+
+
+def train_stage1(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
+    """Run (or resume) a stage-1 training.
+
+    :param recipe: the resolved recipe (see ``masqclip/recipes/stage1.yaml``).
+    :param run_dir: the run folder.
+    :param resume: continue from ``run_dir/last.pt``.
+    :return: the path of the final weights (``model.pt``).
+    """
+    require(recipe, *SECTIONS)
+    train, student, data = recipe['train'], recipe['student'], recipe['data']
+    engine.configure_threads(int(train['num_threads']))
+    device = engine.resolve_device(train['device'])
+    dataset = load_dataset(data)
+    lsj = lsj_from_recipe(data)
+    eval_cfg = recipe['eval']
+    eval_set = None
+    if eval_cfg['annotations']:
+        eval_data = dict(data) | {
+            'annotations': eval_cfg['annotations'],
+            'root': eval_cfg['root'] or data['root'],
+        }
+        eval_set = (load_dataset(eval_data), load_category_split(eval_data))
+    phases = plan_phases(recipe)
+    model = dict(recipe['model'])
+    if student['teacher'] and not model['init']:
+        model['init'] = student['teacher']  # the student starts as its teacher
+    torch.manual_seed(int(train['seed']))
+    network, config = engine.build_network(model)
+
+    state = engine.load_state(run_dir / engine.STATE_FILE) if resume else None
+    first, start, global_done = 0, 0, 0
+    if state is not None:
+        network.load_state_dict(state['model'])
+        first, start = int(state['phase_index']), int(state['step'])
+        global_done = phases[first].global_offset + start
+        logger.info('resuming %s at step %d', phases[first].name, start)
+    engine.start_run(recipe, run_dir)
+    train_log = engine.MetricsLog(run_dir / engine.METRICS_FILE, global_done if resume else None)
+    eval_log = engine.MetricsLog(run_dir / engine.EVAL_FILE, global_done if resume else None)
+    criterion = SetCriterion(MatcherCfg(**recipe['matcher']), CriterionCfg(**recipe['loss']))
+    pseudo_cfg = PseudoLabelCfg(
+        score_threshold=float(student['score_threshold']),
+        gt_dice_threshold=float(student['gt_dice_threshold']),
+        nms_dice_threshold=float(student['nms_dice_threshold']),
+        num_points=int(student['num_points']),
+    )
+
+    def evaluate_now() -> dict[str, float]:
+        metrics = evaluate(
+            network,
+            config,
+            eval_set[0],
+            eval_set[1],
+            eval_cfg['tasks'],
+            int(eval_cfg['max_images']),
+            device,
+        )
+        network.proposer.train()
+        return metrics
+
+    for index in range(first, len(phases)):
+        phase = phases[index]
+        phase_start = start if index == first else 0
+        teacher = None
+        if phase.name.startswith('student'):
+            source = run_dir / f'{phases[index - 1].name}.pt' if index else student['teacher']
+            teacher = frozen_teacher(source, device)
+        proposer = network.proposer.to(device).train()
+        optimizer = engine.make_optimizer(
+            proposer_param_groups(proposer, float(train['backbone_lr_multiplier'])), phase.train
+        )
+        if state is not None and index == first and phase_start > 0:
+            optimizer.load_state_dict(state['optimizer'])
+            engine.restore_rng_state(state['rng'])
+        dataset_view = AugmentedSegments(dataset, lsj, seed=int(train['seed']) + 1000 * index)
+        batches = make_loader(
+            dataset_view,
+            int(phase.train['batch_size']),
+            int(train['seed']) + 1000 * index,
+            phase_start,
+            int(data['num_workers']),
+            *engine.rank_and_world(),
+        )
+
+        def step_fn(
+            batch: Batch, proposer: MaskProposer = proposer, teacher: MaskProposer | None = teacher
+        ) -> tuple[Tensor, dict[str, float]]:
+            # Class-agnostic: only the masks matter, every target is "object" (trap 12).
+            targets = list(batch.masks)
+            extra = {}
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_out = teacher(batch.images)
+                targets, added = add_pseudo_masks(teacher_out, targets, pseudo_cfg)
+                extra['pseudo_masks'] = added / len(targets)
+            loss, parts = criterion(proposer(batch.images), targets)
+            return loss, parts | extra
+
+        def save_fn(step: int, index: int = index, optimizer: Any = optimizer) -> None:
+            engine.save_state(
+                run_dir / engine.STATE_FILE,
+                network,
+                config,
+                recipe,
+                optimizer,
+                phase_index=index,
+                step=step,
+            )
+
+        def eval_fn(global_step: int) -> None:
+            engine.run_eval(evaluate_now, global_step, eval_log, train_log, run_dir)
+
+        engine.fit(
+            phase,
+            phase_start,
+            batches,
+            step_fn,
+            optimizer,
+            device,
+            train_log,
+            save_fn,
+            eval_fn if eval_set else None,
+            int(eval_cfg['every']),
+        )
+        if engine.is_main_process():
+            save_checkpoint(run_dir / f'{phase.name}.pt', network, config, phase=phase.name)
+        save_fn(phase.steps)
+
+    final = run_dir / engine.MODEL_FILE
+    if engine.is_main_process():
+        save_checkpoint(final, network, config, stage='stage1')
+    if eval_set is not None:
+        engine.run_eval(
+            evaluate_now, phases[-1].global_offset + phases[-1].steps, eval_log, train_log, run_dir
+        )
+    engine.plot_metrics(train_log, eval_log, run_dir / engine.PLOT_FILE)
+    logger.info('stage 1 done: %s', final)
+    return final
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``masqclip train stage1`` as a function: returns the exit status."""
+    from masqclip.training.cli import main_for_stage
+
+    return main_for_stage('stage1', argv)

@@ -1,0 +1,180 @@
+"""Stage 2, MasQ-Tuning: teach the mask tokens to classify proposals (method.md 3).
+
+The proposer (from stage 1) and CLIP stay frozen, the proposer in eval mode; only the
+per-layer ``new_q_proj`` and ``mask_embeddings`` train. Each proposal is assigned the class
+of the ground-truth mask it overlaps with dice > 0.6, else background (``masq_tuning.py``),
+and the loss is NLL over the training vocabulary + "background", whose text embeddings are
+computed once. AdamW 1e-4, x0.1 at 90 % of the steps, weight decay 0.05, clip 0.01.
+
+Files in the run folder: ``config.yaml``, ``last.pt`` (resumable), ``model.pt`` (final),
+``metrics.csv``, ``eval.csv``, ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from masqclip.checkpoint import save_checkpoint
+from masqclip.inference.vocabulary import BACKGROUND
+from masqclip.modeling.masqclip import MasQCLIP
+from masqclip.training import engine
+from masqclip.training.data import (
+    AugmentedSegments,
+    Batch,
+    load_category_split,
+    load_dataset,
+    lsj_from_recipe,
+    make_loader,
+)
+from masqclip.training.evaluate import evaluate
+from masqclip.training.masq_tuning import assign_proposals, classification_loss
+from masqclip.training.recipe import RecipeError, require
+
+logger = logging.getLogger('masqclip')
+
+SECTIONS = ('model', 'data', 'train', 'loss', 'eval')
+
+
+def trainable_parameters(network: MasQCLIP) -> list[torch.nn.Parameter]:
+    """Freeze everything but the mask tokens' query projections and embedding (trap 2: the
+    reference trains ``mask_embeddings`` too) and return those."""
+    network.requires_grad_(False)
+    mask_clip = network.mask_clip
+    mask_clip.new_q_proj.requires_grad_(True)
+    mask_clip.mask_embeddings.requires_grad_(True)
+    return [*mask_clip.new_q_proj.parameters(), mask_clip.mask_embeddings]
+
+
+def train_stage2(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
+    """Run (or resume) MasQ-Tuning.
+
+    :param recipe: the resolved recipe (see ``masqclip/recipes/stage2.yaml``).
+    :param run_dir: the run folder.
+    :param resume: continue from ``run_dir/last.pt``.
+    :return: the path of the final weights (``model.pt``).
+    """
+    require(recipe, *SECTIONS)
+    train, data, loss_cfg, eval_cfg = (recipe[k] for k in ('train', 'data', 'loss', 'eval'))
+    if not recipe['model']['init']:
+        raise RecipeError(
+            'stage 2 starts from a trained proposer: set model.init=PATH to a '
+            'stage-1 checkpoint (runs/stage1/model.pt)'
+        )
+    engine.configure_threads(int(train['num_threads']))
+    device = engine.resolve_device(train['device'])
+    dataset = load_dataset(data)
+    lsj = lsj_from_recipe(data)
+    eval_set = None
+    if eval_cfg['annotations']:
+        eval_data = dict(data) | {
+            'annotations': eval_cfg['annotations'],
+            'root': eval_cfg['root'] or data['root'],
+        }
+        eval_set = (load_dataset(eval_data), load_category_split(eval_data))
+    torch.manual_seed(int(train['seed']))
+    network, config = engine.build_network(recipe['model'])
+    state = engine.load_state(run_dir / engine.STATE_FILE) if resume else None
+    start = 0
+    if state is not None:
+        network.load_state_dict(state['model'])
+        start = int(state['step'])
+        logger.info('resuming MasQ-Tuning at step %d', start)
+    network.to(device).eval()
+    params = trainable_parameters(network)
+
+    # The training vocabulary's text embeddings + background, once (the text tower is frozen).
+    names = [c.name for c in dataset.categories]
+    text = network.encode_classes([[n] for n in names] + [[BACKGROUND]]).to(device)
+    num_classes = len(names)
+
+    engine.start_run(recipe, run_dir)
+    train_log = engine.MetricsLog(run_dir / engine.METRICS_FILE, start if resume else None)
+    eval_log = engine.MetricsLog(run_dir / engine.EVAL_FILE, start if resume else None)
+    optimizer = engine.make_optimizer([{'params': params}], train)
+    if state is not None and start > 0:
+        optimizer.load_state_dict(state['optimizer'])
+        engine.restore_rng_state(state['rng'])
+    seed = int(train['seed'])
+    batches = make_loader(
+        AugmentedSegments(dataset, lsj, seed),
+        int(train['batch_size']),
+        seed,
+        start,
+        int(data['num_workers']),
+        *engine.rank_and_world(),
+    )
+    phase = engine.Phase('stage2', int(train['steps']), train)
+
+    def step_fn(batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        with torch.no_grad():
+            mask_logits = network.proposer(batch.images)['pred_masks']
+            labels = assign_proposals(
+                mask_logits,
+                batch.masks,
+                batch.labels,
+                num_classes,
+                network.clip_image_size,
+                float(loss_cfg['dice_threshold']),
+            )
+        embeddings = network.mask_clip(network.clip_input(batch.images), mask_logits)
+        nll = classification_loss(embeddings, text, labels, float(loss_cfg['background_weight']))
+        assigned = float((labels < num_classes).float().mean())
+        loss = float(loss_cfg['class_weight']) * nll
+        return loss, {
+            'loss': float(loss.detach()),
+            'loss_nll': float(nll.detach()),
+            'assigned': assigned,
+        }
+
+    def save_fn(step: int) -> None:
+        engine.save_state(
+            run_dir / engine.STATE_FILE, network, config, recipe, optimizer, step=step
+        )
+
+    def evaluate_now() -> dict[str, float]:
+        return evaluate(
+            network,
+            config,
+            eval_set[0],
+            eval_set[1],
+            eval_cfg['tasks'],
+            int(eval_cfg['max_images']),
+            device,
+        )
+
+    def eval_fn(global_step: int) -> None:
+        engine.run_eval(evaluate_now, global_step, eval_log, train_log, run_dir)
+
+    engine.fit(
+        phase,
+        start,
+        batches,
+        step_fn,
+        optimizer,
+        device,
+        train_log,
+        save_fn,
+        eval_fn if eval_set else None,
+        int(eval_cfg['every']),
+    )
+    save_fn(phase.steps)
+    final = run_dir / engine.MODEL_FILE
+    if engine.is_main_process():
+        save_checkpoint(final, network, config, stage='stage2')
+    if eval_set is not None:
+        engine.run_eval(evaluate_now, phase.steps, eval_log, train_log, run_dir)
+    engine.plot_metrics(train_log, eval_log, run_dir / engine.PLOT_FILE)
+    logger.info('stage 2 done: %s', final)
+    return final
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``masqclip train stage2`` as a function: returns the exit status."""
+    from masqclip.training.cli import main_for_stage
+
+    return main_for_stage('stage2', argv)
