@@ -19,6 +19,8 @@ COMMANDS = {
               'train MasQCLIP: stage1 (proposer distillation) | stage2 (MasQ-Tuning)'),
     'eval': ('masqclip.training.evaluate',
              'evaluate a checkpoint: mask AP, PQ, mIoU (all/base/novel), proposal recall'),
+    'export': ('masqclip.export.command',
+               'export the image path: ONNX graph or TensorRT engine'),
     'synth': ('masqclip.data.synthetic', 'write a procedural dataset in COCO formats'),
     'ov-split': ('masqclip.data.ov_split', 'write the open-vocabulary base/novel split'),
 }
@@ -42,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format='%(levelname)s %(name)s: %(message)s')
+    # Our own progress at INFO; other libraries (the ONNX exporter is chatty) only warn.
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+    logging.getLogger('masqclip').setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.run(args)
     except (CommandError, ValueError, RuntimeError, OSError) as error:

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -145,17 +146,34 @@ class Predictor:
     def from_config(cls, model: str | None = 'test_tiny', checkpoint: str | None = None,
                     clip_weights: str | None = None, device: str = 'cpu',
                     backend: str = 'torch', precision: str = 'fp32',
+                    frame_size: tuple[int, int] = (480, 640),
+                    engine_cache_dir: str | None = None, onnx_path: str | None = None,
                     **options: object) -> Predictor:
         """Build a predictor from a named architecture or a checkpoint (which names its own).
 
+        :param backend: 'torch', 'onnxruntime' or 'tensorrt'; the exported backends run the
+            image path at the fixed input size of ``frame_size`` frames (H, W), exported once
+            and cached in ``engine_cache_dir``.
         :param options: ``PredictorCfg`` fields.
         """
         from masqclip.factory import build_model
 
-        if backend != 'torch':
-            raise ValueError(f'backend {backend!r} is not available; use "torch"')
         network, config = build_model(model, checkpoint=checkpoint, clip_weights=clip_weights)
-        return cls.from_network(network, config, device, precision, **options)
+        if backend == 'torch':
+            return cls.from_network(network, config, device, precision, **options)
+        from masqclip.export import (
+            DEFAULT_CACHE_DIR,
+            build_image_model,
+            network_input_size,
+        )
+
+        image_model = build_image_model(
+            network, config, backend, device, precision, network_input_size(config, *frame_size),
+            engine_cache_dir=engine_cache_dir or DEFAULT_CACHE_DIR, onnx_path=onnx_path,
+            model_name=model or Path(checkpoint).stem, checkpoint=checkpoint)
+        text = network.text.eval().to(device)  # only the text tower stays in torch
+        return cls(image_model, network.encode_classes, fingerprint_module(text), config,
+                   device=device, cfg=PredictorCfg(**options))
 
     @classmethod
     def from_network(cls, network: MasQCLIP, config: dict, device: str = 'cpu',

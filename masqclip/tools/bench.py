@@ -7,7 +7,8 @@ Ratios are measured within one run, interleaved, so a busy machine slows both si
   20 classes, text embeddings cached;
 - semantic_vocab_847_vs_20_latency_ratio: the same with semantic output only;
 - stages_s: the predictor's per-stage breakdown, with the image model split into proposer and
-  mask-token CLIP.
+  mask-token CLIP;
+- onnxruntime_vs_torch_speedup: the image path on onnxruntime (CPU) vs torch eager.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from masqclip.benchmarking import interleaved_medians, timer
+from masqclip.export.bench import measure_onnxruntime_vs_torch
 from masqclip.factory import build_model
 from masqclip.inference.predictor import Predictor
 from masqclip.inference.vocabulary import Vocabulary
@@ -59,11 +62,12 @@ def run(args: argparse.Namespace) -> int:
 
     predictor.predict(frame)  # warm-up
     instance_panoptic = ('instance', 'panoptic')
-    t_small, t_large, s_small, s_large = _interleaved(
+    t_small, t_large, s_small, s_large = interleaved_medians(
         [latency(small, instance_panoptic), latency(large, instance_panoptic),
          latency(small, ('semantic',)), latency(large, ('semantic',))], args.repeats)
     tokens_s, crops_s = _mask_tokens_vs_crops(network, predictor, frame, args.repeats)
     stages = _stage_breakdown(predictor, network, frame, args.repeats)
+    onnxruntime = measure_onnxruntime_vs_torch(args.model, (height, width), args.repeats)
     figures = {
         'model': args.model,
         'device': args.device,
@@ -79,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         'semantic_latency_20_classes_s': s_small,
         'semantic_latency_847_classes_s': s_large,
         'stages_s': stages,
+        'onnxruntime_vs_torch_speedup': onnxruntime['onnxruntime_vs_torch_speedup'],
+        'onnxruntime': onnxruntime,
         'environment': {'torch': torch.__version__, 'threads': torch.get_num_threads(),
                         'cpu': platform.processor() or platform.machine()},
     }
@@ -92,15 +98,6 @@ def _vocabulary(size: int) -> Vocabulary:
     return Vocabulary.from_names([f'object number {i}' for i in range(size)])
 
 
-def _interleaved(measurements: list[Callable[[], float]], repeats: int) -> list[float]:
-    """Median seconds of each measurement, taking turns so machine noise hits all alike."""
-    samples: list[list[float]] = [[] for _ in measurements]
-    for _ in range(repeats):
-        for measure, times in zip(measurements, samples, strict=True):
-            times.append(measure())
-    return [statistics.median(times) for times in samples]
-
-
 def _mask_tokens_vs_crops(network: MasQCLIP, predictor: Predictor, frame: np.ndarray,
                           repeats: int) -> tuple[float, float]:
     images = predictor.preprocess(frame)[0]
@@ -110,22 +107,16 @@ def _mask_tokens_vs_crops(network: MasQCLIP, predictor: Predictor, frame: np.nda
         boxes = _proposal_boxes(mask_logits[0], images.shape[-2:])
         size = network.clip_image_size
 
-        def mask_tokens() -> float:
-            start = time.perf_counter()
-            network.mask_clip(clip_input, mask_logits)
-            return time.perf_counter() - start
-
-        def crops() -> float:
-            start = time.perf_counter()
+        def classify_crops() -> None:
             batch = torch.cat([F.interpolate(images[:, :, y0:y1, x0:x1], size=(size, size),
                                              mode='bicubic', align_corners=False)
                                for x0, y0, x1, y1 in boxes])
-            normalised = (batch - network.clip_mean) / network.clip_std
-            network.mask_clip.encode_image(normalised)
-            return time.perf_counter() - start
+            network.mask_clip.encode_image((batch - network.clip_mean) / network.clip_std)
 
+        mask_tokens = timer(network.mask_clip, clip_input, mask_logits)
         mask_tokens()  # warm-up
-        return tuple(_interleaved([mask_tokens, crops], max(1, repeats // 2)))
+        return tuple(interleaved_medians([mask_tokens, timer(classify_crops)],
+                                         max(1, repeats // 2)))
 
 
 def _proposal_boxes(mask_logits: torch.Tensor, size: torch.Size) -> list[tuple[int, ...]]:
@@ -148,18 +139,9 @@ def _stage_breakdown(predictor: Predictor, network: MasQCLIP, frame: np.ndarray,
     stages = {name: statistics.median(t[name] for t in runs) for name in runs[0]}
     images = predictor.preprocess(frame)[0]
     with torch.inference_mode():
-        def proposer() -> float:
-            start = time.perf_counter()
-            network.proposer(images)
-            return time.perf_counter() - start
-
         mask_logits = network.proposer(images)['pred_masks']
-
-        def mask_clip() -> float:
-            start = time.perf_counter()
-            network.mask_clip(network.clip_input(images), mask_logits)
-            return time.perf_counter() - start
-
-        stages['image_model.proposer'], stages['image_model.mask_clip'] = _interleaved(
-            [proposer, mask_clip], repeats)
+        clip_input = network.clip_input(images)
+        stages['image_model.proposer'], stages['image_model.mask_clip'] = interleaved_medians(
+            [timer(network.proposer, images), timer(network.mask_clip, clip_input, mask_logits)],
+            repeats)
     return stages

@@ -1,0 +1,66 @@
+"""CPU latency of the image path: onnxruntime against torch eager, on the same weights.
+
+Random weights are fine for timing. Both sides get the same thread count and take turns, so a
+busy machine slows both alike; the ratio is the figure to read.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from masqclip.benchmarking import interleaved_medians, timer
+from masqclip.export.canvas import network_input_size
+from masqclip.export.onnx import export_onnx
+from masqclip.export.onnxruntime_backend import OnnxRuntimeImageModel
+from masqclip.factory import build_model
+
+
+def measure_onnxruntime_vs_torch(
+    model: str = 'masqclip_r50_vitb16',
+    frame_size: tuple[int, int] = (480, 640),
+    repeats: int = 3,
+    work_dir: str | Path | None = None,
+) -> dict[str, object]:
+    """Median seconds per image-path run with onnxruntime (CPU provider) and torch eager.
+
+    Exports the model once (about a minute for masqclip_r50_vitb16).
+
+    :param frame_size: camera frame (H, W); the input is its padded network size.
+    :param work_dir: where the export goes; None uses a temporary folder.
+    :return: ``onnxruntime_vs_torch_speedup`` (torch_s / onnxruntime_s), ``onnxruntime_s``,
+        ``torch_s``, ``max_abs_diff`` (mask embeddings), ``input_size``, ``threads``,
+        ``export_s``, ``model``.
+    """
+    torch.manual_seed(0)
+    network, config = build_model(model)
+    input_size = network_input_size(config, *frame_size)
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(work_dir) if work_dir is not None else Path(scratch)
+        start = time.perf_counter()
+        path = export_onnx(
+            network, config, folder / f'{model}-bench.onnx', input_size, model_name=model
+        )
+        export_s = time.perf_counter() - start
+        session = OnnxRuntimeImageModel(path, 'cpu', threads=threads)
+        images = torch.rand(1, 3, *input_size, generator=torch.Generator().manual_seed(0)) * 255
+        with torch.inference_mode():
+            reference = network(images)  # also the torch warm-up
+            exported = session(images)  # onnxruntime's first run plans memory: not timed
+            onnxruntime_s, torch_s = interleaved_medians(
+                [timer(session, images), timer(network, images)], repeats
+            )
+    return {
+        'model': model,
+        'input_size': list(input_size),
+        'threads': threads,
+        'onnxruntime_vs_torch_speedup': torch_s / onnxruntime_s,
+        'onnxruntime_s': onnxruntime_s,
+        'torch_s': torch_s,
+        'max_abs_diff': float((exported[2] - reference[2]).abs().max()),
+        'export_s': export_s,
+    }

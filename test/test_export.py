@@ -1,0 +1,420 @@
+"""Export of the image path: ONNX graph and metadata, onnxruntime parity with torch, the
+fixed-size canvas, the export and engine caches, the CLI, and (GPU) TensorRT parity."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import logging
+import time
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from masqclip.checkpoint import save_checkpoint
+from masqclip.export import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    EngineCache,
+    EngineKey,
+    ExportError,
+    FixedSizeImageModel,
+    InputSizeError,
+    build_image_model,
+    command,
+    ensure_onnx,
+    export_onnx,
+    fingerprint_image_path,
+    network_input_size,
+    read_onnx_metadata,
+)
+from masqclip.export.errors import BackendUnavailableError
+from masqclip.export.onnxruntime_backend import OnnxRuntimeImageModel, resolve_providers
+from masqclip.export.progress import Heartbeat
+from masqclip.inference.postprocess import classify_masks
+from masqclip.inference.predictor import Predictor, fingerprint_module
+from masqclip.inference.vocabulary import Vocabulary
+
+SIZE = (64, 96)  # (Hp, Wp): the padded input of a 96x64 frame for test_tiny
+HAS_TENSORRT = importlib.util.find_spec('tensorrt') is not None
+HAS_CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(scope='session')
+def tiny_onnx(tiny_model, tmp_path_factory):
+    network, config = tiny_model
+    path = tmp_path_factory.mktemp('export') / 'tiny.onnx'
+    return export_onnx(network, config, path, SIZE, model_name='test_tiny')
+
+
+def _images(seed: int = 0, size: tuple[int, int] = SIZE) -> torch.Tensor:
+    return torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(seed)) * 255
+
+
+def test_network_input_size_is_the_predictors_padded_size(tiny_model):
+    _, config = tiny_model
+    assert network_input_size(config, 64, 96) == SIZE
+    # Short side to 64, long side capped at 128, padded to multiples of 32.
+    assert network_input_size(config, 480, 640) == (64, 96)
+    assert network_input_size(config, 100, 400) == (32, 128)
+
+
+def test_onnx_graph_names_fixed_shapes_and_metadata(tiny_model, tiny_onnx):
+    network, config = tiny_model
+    model = onnx.load(str(tiny_onnx))
+    onnx.checker.check_model(model)
+    dims = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*model.graph.input, *model.graph.output]
+    }
+    queries = config['proposer']['decoder']['num_queries']
+    assert dims == {
+        INPUT_NAME: [1, 3, *SIZE],
+        'mask_logits': [1, queries, 16, 24],
+        'objectness': [1, queries],
+        'mask_embeddings': [1, queries, config['clip']['embed_dim']],
+    }
+    assert [o.name for o in model.graph.output] == list(OUTPUT_NAMES)
+    metadata = read_onnx_metadata(tiny_onnx)
+    assert metadata['model'] == 'test_tiny'
+    assert metadata['input_size'] == '64x96'
+    assert metadata['precision'] == 'fp32'
+    assert int(metadata['opset']) == model.opset_import[0].version
+    assert metadata['weights'] == fingerprint_image_path(network)
+    assert metadata['checkpoint_sha256'] == ''
+    assert json.loads(metadata['config']) == config
+
+
+def test_fingerprint_ignores_text_weights_and_sees_image_weights(tiny_model):
+    network, _ = tiny_model
+    other = copy.deepcopy(network)
+    with torch.no_grad():
+        next(other.text.parameters()).add_(1.0)
+    assert fingerprint_image_path(other) == fingerprint_image_path(network)
+    with torch.no_grad():
+        next(other.mask_clip.parameters()).add_(1.0)
+    assert fingerprint_image_path(other) != fingerprint_image_path(network)
+
+
+def test_onnxruntime_cpu_matches_torch(tiny_model, tiny_onnx):
+    network, _ = tiny_model
+    session = OnnxRuntimeImageModel(tiny_onnx, 'cpu')
+    for seed in (0, 1):
+        images = _images(seed)
+        with torch.inference_mode():
+            expected = network(images)
+        outputs = session(images)
+        for name, got, want in zip(OUTPUT_NAMES, outputs, expected, strict=True):
+            assert got.dtype == torch.float32 and got.shape == want.shape, name
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_onnxruntime_refuses_another_input_shape(tiny_onnx):
+    session = OnnxRuntimeImageModel(tiny_onnx, 'cpu')
+    with pytest.raises(InputSizeError, match='64, 96'):
+        session(_images(size=(64, 64)))
+
+
+def test_canvas_letter_pads_smaller_inputs_and_refuses_larger(tiny_model, tiny_onnx, caplog):
+    network, _ = tiny_model
+    calls = []
+
+    def recording(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        calls.append(images)
+        return network(images)
+
+    model = FixedSizeImageModel(recording, SIZE)
+    small = _images(size=(64, 64))
+    with caplog.at_level(logging.WARNING, logger='masqclip'), torch.inference_mode():
+        mask_logits, objectness, embeddings = model(small)
+        model(small)
+    assert calls[0].shape[-2:] == SIZE
+    assert torch.equal(calls[0][..., :64], small) and not calls[0][..., 64:].any()
+    assert mask_logits.shape[-2:] == (16, 16) and objectness.shape == (1, 10)
+    assert sum('letter-padding' in r.message for r in caplog.records) == 1  # once per size
+    with pytest.raises(InputSizeError, match='export again'):
+        model(_images(size=(96, 96)))
+    strict = FixedSizeImageModel(recording, SIZE, on_mismatch='error')
+    with pytest.raises(InputSizeError):
+        strict(small)
+    with pytest.raises(InputSizeError, match=r'\[1, 3, H, W\]'):
+        model(torch.zeros(2, 3, *SIZE))
+
+
+def test_predictor_on_onnxruntime_matches_torch(tiny_model, tiny_onnx, tmp_path, rng):
+    network, config = tiny_model
+    image_model = build_image_model(
+        network,
+        config,
+        'onnxruntime',
+        input_size=SIZE,
+        engine_cache_dir=tmp_path,
+        onnx_path=tiny_onnx,
+    )
+    exported = Predictor(
+        image_model, network.encode_classes, fingerprint_module(network.text), config
+    )
+    reference = Predictor.from_network(network, config)
+    vocabulary = Vocabulary.from_names(['cat', 'table', 'sky'])
+    image = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    results = []
+    for predictor in (exported, reference):
+        predictor.set_vocabulary(vocabulary)
+        results.append(predictor.predict(image))
+    got, want = results
+    np.testing.assert_allclose(got.proposals.embeddings, want.proposals.embeddings, atol=1e-4)
+    assert (got.semantic == want.semantic).mean() > 0.99
+    assert [i.label for i in got.instances] == [i.label for i in want.instances]
+
+
+def test_export_cache_reuses_a_matching_export_and_refuses_other_weights(
+    tiny_model, tmp_path, monkeypatch
+):
+    network, config = tiny_model
+    first = ensure_onnx(network, config, SIZE, cache_dir=tmp_path, model_name='test_tiny')
+    assert first.parent == tmp_path and first.is_file()
+
+    def no_export(*args: object, **kwargs: object) -> None:
+        raise AssertionError('a matching export was exported again')
+
+    monkeypatch.setattr('masqclip.export.image_model.export_onnx', no_export)
+    assert ensure_onnx(network, config, SIZE, cache_dir=tmp_path, model_name='test_tiny') == first
+    other = copy.deepcopy(network)
+    with torch.no_grad():
+        next(other.proposer.parameters()).add_(1.0)
+    with pytest.raises(ExportError, match='weights'):
+        ensure_onnx(other, config, SIZE, onnx_path=first)
+    with pytest.raises(ExportError, match='input_size'):
+        ensure_onnx(network, config, (64, 64), onnx_path=first)
+    with pytest.raises(ExportError, match='precision'):
+        ensure_onnx(network, config, SIZE, 'fp16', onnx_path=first)
+    with pytest.raises(ExportError, match='not found'):
+        ensure_onnx(None, config, None, onnx_path=tmp_path / 'missing.onnx')
+
+
+def test_build_image_model_rejects_bad_requests(tiny_model, tmp_path):
+    network, config = tiny_model
+    with pytest.raises(ValueError, match='torch backend'):
+        build_image_model(network, config, 'torch')
+    with pytest.raises(ValueError, match='fp16 needs a CUDA device'):
+        build_image_model(network, config, 'onnxruntime', precision='fp16', input_size=SIZE)
+    with pytest.raises(InputSizeError, match='multiples of 32'):
+        build_image_model(
+            network, config, 'onnxruntime', input_size=(60, 96), engine_cache_dir=tmp_path
+        )
+    with pytest.raises(ValueError, match='CUDA device'):
+        build_image_model(network, config, 'tensorrt', 'cpu', input_size=SIZE)
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason='tensorrt is installed here')
+def test_missing_tensorrt_says_how_to_install():
+    from masqclip.export.tensorrt import import_tensorrt
+
+    with pytest.raises(BackendUnavailableError, match='pip install tensorrt'):
+        import_tensorrt()
+
+
+@pytest.mark.skipif(HAS_CUDA, reason='a GPU is present')
+def test_tensorrt_without_gpu_says_so():
+    from masqclip.export.tensorrt import require_cuda_device
+
+    with pytest.raises(BackendUnavailableError, match='needs an NVIDIA GPU'):
+        require_cuda_device('cuda')
+
+
+def test_providers_default_per_device_and_checked():
+    cpu_only = ['CPUExecutionProvider']
+    gpu = ['TensorrtExecutionProvider', 'CUDAExecutionProvider', 'CPUExecutionProvider']
+    assert resolve_providers('cpu', None, cpu_only) == cpu_only
+    assert resolve_providers('cuda', None, gpu) == [
+        'CUDAExecutionProvider',
+        'CPUExecutionProvider',
+    ]
+    assert resolve_providers(
+        'cuda:0', ['TensorrtExecutionProvider', 'CUDAExecutionProvider'], gpu
+    ) == ['TensorrtExecutionProvider', 'CUDAExecutionProvider']
+    with pytest.raises(BackendUnavailableError, match='onnxruntime-gpu'):
+        resolve_providers('cuda', None, cpu_only)
+    with pytest.raises(ValueError, match='GPU execution provider'):
+        resolve_providers('cuda', cpu_only, gpu)
+    with pytest.raises(ValueError, match='set the device to cuda'):
+        resolve_providers('cpu', ['CUDAExecutionProvider'], gpu)
+
+
+KEY = EngineKey(
+    onnx_sha256='a' * 64,
+    tensorrt_version='10.13.0',
+    gpu_name='NVIDIA H100',
+    compute_capability='9.0',
+    precision='fp16',
+    input_shape=(1, 3, 480, 640),
+)
+
+
+@pytest.mark.parametrize(
+    'change',
+    [
+        {'onnx_sha256': 'b' * 64},
+        {'tensorrt_version': '11.4.0'},
+        {'gpu_name': 'NVIDIA L4'},
+        {'compute_capability': '8.9'},
+        {'precision': 'fp32'},
+        {'input_shape': (1, 3, 480, 672)},
+    ],
+)
+def test_engine_key_changes_with_every_field(change):
+    other = EngineKey(**{**KEY.__dict__, **change})
+    assert other.digest() != KEY.digest()
+    assert EngineKey(**KEY.__dict__).digest() == KEY.digest()
+
+
+def test_engine_cache_store_lookup_and_mismatch(tmp_path):
+    cache = EngineCache(tmp_path / 'engines')
+    assert cache.lookup(KEY) is None
+    path = cache.store(KEY, b'engine bytes')
+    assert cache.lookup(KEY) == path and path.read_bytes() == b'engine bytes'
+    other = EngineKey(**{**KEY.__dict__, 'precision': 'fp32'})
+    assert cache.lookup(other) is None
+    # A sidecar that disagrees with the key (a tampered or foreign file) is never used.
+    sidecar = path.with_suffix('.json')
+    sidecar.write_text(json.dumps({**KEY.to_dict(), 'gpu_name': 'other'}))
+    assert cache.lookup(KEY) is None
+    assert not list(cache.directory.glob('.*.tmp'))
+
+
+def test_timing_cache_per_tensorrt_version_and_gpu(tmp_path):
+    cache = EngineCache(tmp_path)
+    base = cache.timing_cache_path('10.13.0', 'NVIDIA H100', '9.0')
+    assert base == cache.timing_cache_path('10.13.0', 'NVIDIA H100', '9.0')
+    assert base != cache.timing_cache_path('11.4.0', 'NVIDIA H100', '9.0')
+    assert base != cache.timing_cache_path('10.13.0', 'NVIDIA L4', '8.9')
+    assert cache.read_timing_cache(base) == b''
+    cache.write_timing_cache(base, b'timings')
+    assert cache.read_timing_cache(base) == b'timings'
+
+
+def test_heartbeat_logs_at_its_interval(caplog):
+    with caplog.at_level(logging.INFO, logger='masqclip'):
+        with Heartbeat('engine build', interval_s=0.05) as heartbeat:
+            heartbeat.set_status('tactic timing 3/10')
+            time.sleep(0.3)
+    lines = [r.getMessage() for r in caplog.records if 'engine build running' in r.getMessage()]
+    assert len(lines) >= 3
+    assert 'tactic timing 3/10' in lines[-1]
+
+
+def _export_command(argv: list[str]) -> int:
+    """``masqclip export ...`` as the CLI runs it (the module's parser and ``run``)."""
+    parser = argparse.ArgumentParser(prog='masqclip export')
+    command.add_arguments(parser)
+    return command.run(parser.parse_args(argv))
+
+
+def test_cli_exports_fp16_from_a_checkpoint(tiny_model, tmp_path, capsys):
+    network, config = tiny_model
+    checkpoint = tmp_path / 'tiny.pt'
+    save_checkpoint(checkpoint, network, config)
+    out = tmp_path / 'tiny_fp16.onnx'
+    code = _export_command(
+        [
+            'onnx',
+            '--checkpoint',
+            str(checkpoint),
+            '--frame-size',
+            '96x64',
+            '--precision',
+            'fp16',
+            '--out',
+            str(out),
+        ]
+    )
+    assert code == 0 and '[1, 3, 64, 96]' in capsys.readouterr().out
+    metadata = read_onnx_metadata(out)
+    assert metadata['precision'] == 'fp16'
+    assert metadata['weights'] == fingerprint_image_path(network)
+    assert len(metadata['checkpoint_sha256']) == 64
+    # float16 inside, float32 at the boundary: the same contract, close to torch fp32.
+    outputs = OnnxRuntimeImageModel(out, 'cpu')(_images())
+    with torch.inference_mode():
+        expected = network(_images())
+    for got, want in zip(outputs, expected, strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.skipif(HAS_CUDA and HAS_TENSORRT, reason='TensorRT can run here')
+def test_cli_tensorrt_without_gpu_or_tensorrt_is_a_clear_error():
+    with pytest.raises(BackendUnavailableError, match='tensorrt backend needs'):
+        _export_command(['tensorrt', '--build-only', '--model', 'test_tiny'])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TENSORRT), reason='needs CUDA and TensorRT')
+def test_tensorrt_fp16_matches_torch(tiny_model, tmp_path, caplog):
+    network, config = tiny_model
+    network = copy.deepcopy(network).cuda()
+    with caplog.at_level(logging.INFO, logger='masqclip'):
+        image_model = build_image_model(
+            network,
+            config,
+            'tensorrt',
+            'cuda',
+            'fp16',
+            SIZE,
+            engine_cache_dir=tmp_path,
+            model_name='test_tiny',
+        )
+    assert any('warmed up' in r.getMessage() for r in caplog.records)
+    text = torch.nn.functional.normalize(torch.randn(5, config['clip']['embed_dim']), dim=-1)
+    ious, agree = [], []
+    for seed in range(3):
+        images = _images(seed).cuda()
+        with torch.inference_mode():
+            want = [t.float().cpu() for t in network(images)]
+            got = [t.float().cpu() for t in image_model(images)]
+        masks_got, masks_want = got[0][0] > 0, want[0][0] > 0
+        union = (masks_got | masks_want).flatten(1).sum(1)
+        inter = (masks_got & masks_want).flatten(1).sum(1)
+        ious.append((inter[union > 0] / union[union > 0]).mean())
+        scores_got = classify_masks(got[2][0], text, got[1][0])
+        scores_want = classify_masks(want[2][0], text, want[1][0])
+        agree.append((scores_got.argmax(-1) == scores_want.argmax(-1)).float().mean())
+    assert torch.stack(ious).mean() > 0.9
+    assert torch.stack(agree).mean() > 0.9
+    # The second build finds the cached engine.
+    with caplog.at_level(logging.INFO, logger='masqclip'):
+        caplog.clear()
+        build_image_model(
+            network,
+            config,
+            'tensorrt',
+            'cuda',
+            'fp16',
+            SIZE,
+            engine_cache_dir=tmp_path,
+            model_name='test_tiny',
+            warmup=0,
+        )
+    assert any('cached TensorRT engine' in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason='needs CUDA')
+def test_onnxruntime_cuda_io_binding_matches_torch(tiny_model, tiny_onnx):
+    import onnxruntime
+
+    if 'CUDAExecutionProvider' not in onnxruntime.get_available_providers():
+        pytest.skip('onnxruntime-gpu is not installed')
+    network, _ = tiny_model
+    network = copy.deepcopy(network).cuda()
+    images = _images().cuda()
+    got = OnnxRuntimeImageModel(tiny_onnx, 'cuda')(images)
+    with torch.inference_mode():
+        want = network(images)
+    for a, b in zip(got, want, strict=True):
+        assert a.is_cuda
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
