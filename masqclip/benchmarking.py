@@ -3,6 +3,7 @@
 On a shared machine the load changes from second to second; taking turns between the things
 compared makes that noise hit each alike, so their ratio is what a benchmark should report.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -12,6 +13,7 @@ from collections.abc import Callable
 
 def timer(function: Callable[..., object], *args: object) -> Callable[[], float]:
     """A measurement: calling it runs ``function(*args)`` once and returns the seconds taken."""
+
     def once() -> float:
         start = time.perf_counter()
         function(*args)

@@ -4,6 +4,7 @@ This project's checkpoints hold plain tensors and the architecture config, and l
 ``weights_only=True``. Files from elsewhere that need pickle (the upstream detectron2 ``.pth``)
 go through ``convert_upstream_checkpoint`` once, never through the node.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,16 +26,17 @@ WEIGHTS_HELP = 'see "Weights" in the README for how to get them'
 
 # Entries of an OpenAI CLIP TorchScript archive that are metadata, not weights.
 _OPENAI_METADATA = ('input_resolution', 'context_length', 'vocab_size')
-_UPSTREAM_Q_PROJ = re.compile(r'^masqclip\.visual\.transformer\.resblocks\.(\d+)\.attn\.'
-                              r'new_q_proj\.(weight|bias)$')
+_UPSTREAM_Q_PROJ = re.compile(
+    r'^masqclip\.visual\.transformer\.resblocks\.(\d+)\.attn\.'
+    r'new_q_proj\.(weight|bias)$'
+)
 
 
 class CheckpointError(RuntimeError):
     """Weights that cannot be loaded; the message says what to do."""
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, config: dict,
-                    **extra: object) -> None:
+def save_checkpoint(path: str | Path, model: nn.Module, config: dict, **extra: object) -> None:
     """Write ``model``'s weights with its architecture config, atomically (a crash mid-write
     never leaves a truncated file under ``path``).
 
@@ -59,7 +61,8 @@ def read_checkpoint(path: str | Path) -> dict:
             f'{path} is not a readable masqclip_ros checkpoint ({type(error).__name__}: '
             f'{str(error)[:200]}). If it is an upstream MasQCLIP .pth, convert it with '
             '`masqclip convert-upstream`; otherwise the file is corrupt: download or train it '
-            'again') from error
+            'again'
+        ) from error
     if not isinstance(data, dict) or data.get('format') != FORMAT:
         raise CheckpointError(f'{path} is not a {FORMAT} checkpoint; {WEIGHTS_HELP}')
     return data
@@ -71,8 +74,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
     return data['config'], data['model']
 
 
-def read_clip_state_dict(source: str | Path, open_clip_name: str | None = None
-                         ) -> dict[str, Tensor]:
+def read_clip_state_dict(
+    source: str | Path, open_clip_name: str | None = None
+) -> dict[str, Tensor]:
     """A whole CLIP state dict (open_clip / OpenAI names) from 'openai' or a local file.
 
     :param source: 'openai' (open_clip fetches the OpenAI weights where the internet is
@@ -83,8 +87,10 @@ def read_clip_state_dict(source: str | Path, open_clip_name: str | None = None
         import open_clip
 
         if open_clip_name is None:
-            raise CheckpointError("this architecture names no open_clip model; "
-                                  "'openai' weights cannot be fetched for it")
+            raise CheckpointError(
+                'this architecture names no open_clip model; '
+                "'openai' weights cannot be fetched for it"
+            )
         try:
             clip = open_clip.create_model(open_clip_name, pretrained='openai')
         except Exception as error:  # network errors surface as many types
@@ -104,8 +110,9 @@ def read_clip_state_dict(source: str | Path, open_clip_name: str | None = None
             state_dict = state_dict.get('state_dict', state_dict)
     except Exception as error:  # torch raises many types for a corrupt or foreign file
         raise CheckpointError(f'{path} is not a readable CLIP checkpoint: {error}') from error
-    state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()
-                  if k not in _OPENAI_METADATA}
+    state_dict = {
+        k.removeprefix('module.'): v for k, v in state_dict.items() if k not in _OPENAI_METADATA
+    }
     return state_dict
 
 
@@ -127,12 +134,14 @@ def load_clip_weights(model: nn.Module, source: str | Path, config: dict) -> Non
         model.mask_clip.load_clip_state_dict(state_dict)
         model.text.load_clip_state_dict(state_dict)
     except (RuntimeError, ValueError) as error:
-        raise CheckpointError(f'the CLIP weights {source} do not fit this architecture: '
-                              f'{str(error)[:500]}') from error
+        raise CheckpointError(
+            f'the CLIP weights {source} do not fit this architecture: {str(error)[:500]}'
+        ) from error
 
 
-def convert_upstream_checkpoint(upstream: Mapping[str, Tensor],
-                                clip_state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def convert_upstream_checkpoint(
+    upstream: Mapping[str, Tensor], clip_state_dict: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
     """Map an upstream MasQCLIP (detectron2) state dict onto this project's ``MasQCLIP``.
 
     The upstream file holds the proposer (``backbone.``, ``sem_seg_head.``) and the image tower
@@ -143,8 +152,9 @@ def convert_upstream_checkpoint(upstream: Mapping[str, Tensor],
     :param upstream: the ``["model"]`` entry of the upstream ``.pth``.
     :param clip_state_dict: the CLIP the upstream model was built on (open_clip names).
     """
-    converted = {f'proposer.{k}': v
-                 for k, v in convert_upstream_proposer_state_dict(dict(upstream)).items()}
+    converted = {
+        f'proposer.{k}': v for k, v in convert_upstream_proposer_state_dict(dict(upstream)).items()
+    }
     for key, value in upstream.items():
         match = _UPSTREAM_Q_PROJ.match(key)
         if match:

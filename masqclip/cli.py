@@ -3,6 +3,7 @@
 Every subcommand is a module with ``add_arguments(parser)`` and ``run(args) -> int``, so a test
 calls ``main([...])`` exactly as a user types it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,12 +16,15 @@ COMMANDS = {
     'segment': ('masqclip.tools.segment', 'segment an image for a vocabulary'),
     'bench': ('masqclip.tools.bench', 'measure speed: mask tokens, vocabulary size, stages'),
     'convert-upstream': ('masqclip.tools.convert', 'convert an upstream MasQCLIP .pth'),
-    'train': ('masqclip.training.cli',
-              'train MasQCLIP: stage1 (proposer distillation) | stage2 (MasQ-Tuning)'),
-    'eval': ('masqclip.training.evaluate',
-             'evaluate a checkpoint: mask AP, PQ, mIoU (all/base/novel), proposal recall'),
-    'export': ('masqclip.export.command',
-               'export the image path: ONNX graph or TensorRT engine'),
+    'train': (
+        'masqclip.training.cli',
+        'train MasQCLIP: stage1 (proposer distillation) | stage2 (MasQ-Tuning)',
+    ),
+    'eval': (
+        'masqclip.training.evaluate',
+        'evaluate a checkpoint: mask AP, PQ, mIoU (all/base/novel), proposal recall',
+    ),
+    'export': ('masqclip.export.command', 'export the image path: ONNX graph or TensorRT engine'),
     'synth': ('masqclip.data.synthetic', 'write a procedural dataset in COCO formats'),
     'ov-split': ('masqclip.data.ov_split', 'write the open-vocabulary base/novel split'),
 }

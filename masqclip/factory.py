@@ -1,4 +1,5 @@
 """Named architectures (JSON files in ``model_configs/``) and the single model builder."""
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,8 @@ def get_model_config(name: str) -> dict:
     if not path.is_file():
         raise ModelConfigError(
             f'unknown model {name!r}: choose one of {", ".join(list_models())} '
-            'or give the path of a .json architecture file')
+            'or give the path of a .json architecture file'
+        )
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -50,9 +52,12 @@ def build_model_from_config(config: dict, q_proj_init: str = 'random') -> MasQCL
     return MasQCLIP(build_proposer(config['proposer']), mask_clip, TextEncoder(clip))
 
 
-def build_model(model: str | None = 'test_tiny', checkpoint: str | Path | None = None,
-                clip_weights: str | Path | None = None,
-                q_proj_init: str = 'random') -> tuple[MasQCLIP, dict]:
+def build_model(
+    model: str | None = 'test_tiny',
+    checkpoint: str | Path | None = None,
+    clip_weights: str | Path | None = None,
+    q_proj_init: str = 'random',
+) -> tuple[MasQCLIP, dict]:
     """Build a MasQCLIP and load its weights.
 
     :param model: architecture name or JSON path; None takes the one stored in ``checkpoint``.

@@ -1,4 +1,5 @@
 """Shared fixtures: the tiny model is built once per session (random weights, fixed seed)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Checkpoints of this project, CLIP weights from files, and the upstream conversion."""
+
 from __future__ import annotations
 
 import copy
@@ -71,12 +72,14 @@ def test_clip_weights_from_a_file_load_into_both_towers(tmp_path):
     load_clip_weights(network, path, config)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(network.mask_clip.encode_image(x),
-                                   clip.encode_image(x, normalize=True))
+        torch.testing.assert_close(
+            network.mask_clip.encode_image(x), clip.encode_image(x, normalize=True)
+        )
         tokens = network.text.tokenizer(['a red mug'])
         torch.testing.assert_close(network.text.clip.encode_text(tokens), clip.encode_text(tokens))
-    torch.testing.assert_close(network.mask_clip.mask_embeddings.data,
-                               clip.visual.positional_embedding[0])
+    torch.testing.assert_close(
+        network.mask_clip.mask_embeddings.data, clip.visual.positional_embedding[0]
+    )
 
 
 def test_clip_weights_of_another_architecture_are_rejected(tmp_path):

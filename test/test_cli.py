@@ -1,4 +1,5 @@
 """The ``masqclip`` command, called as a user types it."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,21 @@ def image_path(tmp_path, rng):
 
 def test_segment_writes_overlay_json_and_maps(image_path, tmp_path):
     out = tmp_path / 'out'
-    assert main(['segment', str(image_path), '--vocabulary', 'red mug, table',
-                 '--score-threshold', '0', '--out', str(out)]) == 0
+    assert (
+        main(
+            [
+                'segment',
+                str(image_path),
+                '--vocabulary',
+                'red mug, table',
+                '--score-threshold',
+                '0',
+                '--out',
+                str(out),
+            ]
+        )
+        == 0
+    )
     overlay = cv2.imread(str(out / 'scene_overlay.png'))
     assert overlay.shape == (60, 80, 3)
     semantic = cv2.imread(str(out / 'scene_semantic.png'), cv2.IMREAD_UNCHANGED)
@@ -35,16 +49,32 @@ def test_segment_with_a_vocabulary_file_and_one_task(image_path, tmp_path):
     vocabulary = tmp_path / 'v.yaml'
     vocabulary.write_text('- mug\n- {name: floor, is_thing: false}\n')
     out = tmp_path / 'out'
-    assert main(['segment', str(image_path), '--vocabulary-file', str(vocabulary),
-                 '--tasks', 'semantic', '--out', str(out)]) == 0
+    assert (
+        main(
+            [
+                'segment',
+                str(image_path),
+                '--vocabulary-file',
+                str(vocabulary),
+                '--tasks',
+                'semantic',
+                '--out',
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / 'scene_semantic.png').exists() and not (out / 'scene_panoptic.png').exists()
 
 
-@pytest.mark.parametrize('args, message', [
-    (['--vocabulary', ' , '], 'vocabulary is empty'),
-    (['--vocabulary', 'mug', '--checkpoint', '/nonexistent.pt'], 'not found'),
-    (['--vocabulary', 'mug', '--model', 'no_such_model'], 'unknown model'),
-])
+@pytest.mark.parametrize(
+    'args, message',
+    [
+        (['--vocabulary', ' , '], 'vocabulary is empty'),
+        (['--vocabulary', 'mug', '--checkpoint', '/nonexistent.pt'], 'not found'),
+        (['--vocabulary', 'mug', '--model', 'no_such_model'], 'unknown model'),
+    ],
+)
 def test_segment_errors_are_one_clear_line(image_path, capsys, args, message):
     assert main(['segment', str(image_path), *args]) == 2
     assert message in capsys.readouterr().err

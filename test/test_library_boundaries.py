@@ -1,4 +1,5 @@
 """The library stays ROS-free: the node is the only layer that knows about ROS."""
+
 from __future__ import annotations
 
 import subprocess
@@ -18,7 +19,8 @@ print(len([m for m in sys.modules if m.startswith('masqclip.')]), ros)
 
 def test_no_masqclip_module_imports_ros():
     # A fresh interpreter, so nothing imported by other tests can hide an import.
-    output = subprocess.run([sys.executable, '-c', IMPORT_EVERYTHING], check=True,
-                            capture_output=True, text=True).stdout.split(maxsplit=1)
+    output = subprocess.run(
+        [sys.executable, '-c', IMPORT_EVERYTHING], check=True, capture_output=True, text=True
+    ).stdout.split(maxsplit=1)
     assert int(output[0]) > 10, 'the walk should have imported the whole library'
     assert output[1].strip() == '[]'

@@ -1,4 +1,5 @@
 """The predictor's contract: numpy in, ``SegmentationResult`` out, bad input rejected clearly."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,9 +13,15 @@ from masqclip.inference.vocabulary import Vocabulary, VocabularyEntry, Vocabular
 
 @pytest.fixture
 def predictor(tiny_predictor: Predictor) -> Predictor:
-    tiny_predictor.set_vocabulary(Vocabulary(
-        (VocabularyEntry('red mug'), VocabularyEntry('table'),
-         VocabularyEntry('floor', is_thing=False))))
+    tiny_predictor.set_vocabulary(
+        Vocabulary(
+            (
+                VocabularyEntry('red mug'),
+                VocabularyEntry('table'),
+                VocabularyEntry('floor', is_thing=False),
+            )
+        )
+    )
     return tiny_predictor
 
 
@@ -34,8 +41,9 @@ def test_result_contract(predictor, rng):
         assert instance.mask.dtype == bool and instance.mask.shape == (70, 90)
         assert instance.box.dtype == np.float32 and instance.box.shape == (4,)
         ys, xs = np.nonzero(instance.mask)
-        np.testing.assert_array_equal(instance.box, [xs.min(), ys.min(), xs.max() + 1,
-                                                     ys.max() + 1])
+        np.testing.assert_array_equal(
+            instance.box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        )
         assert instance.label == result.vocabulary[instance.class_id]
         assert instance.embedding.dtype == np.float32
         assert np.linalg.norm(instance.embedding) == pytest.approx(1.0, abs=1e-4)
@@ -68,14 +76,17 @@ def test_odd_sizes_give_outputs_at_the_input_size(predictor, rng, height, width)
     assert all(i.mask.shape == (height, width) for i in result.instances)
 
 
-@pytest.mark.parametrize('image, message', [
-    (np.zeros((1, 1, 3), np.uint8), 'at least 16'),
-    (np.zeros((64, 64), np.uint8), 'H x W x 3'),
-    (np.zeros((64, 64, 4), np.uint8), 'H x W x 3'),
-    (np.zeros((64, 64, 3), np.float32), 'uint8'),
-    ([[0, 1, 2]], 'numpy array'),
-    (np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (9000, 9000, 3)), 'downscale'),
-])
+@pytest.mark.parametrize(
+    'image, message',
+    [
+        (np.zeros((1, 1, 3), np.uint8), 'at least 16'),
+        (np.zeros((64, 64), np.uint8), 'H x W x 3'),
+        (np.zeros((64, 64, 4), np.uint8), 'H x W x 3'),
+        (np.zeros((64, 64, 3), np.float32), 'uint8'),
+        ([[0, 1, 2]], 'numpy array'),
+        (np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (9000, 9000, 3)), 'downscale'),
+    ],
+)
 def test_bad_images_are_rejected_with_a_reason(predictor, image, message):
     with pytest.raises(InvalidImageError, match=message):
         predictor.predict(image)
@@ -101,8 +112,7 @@ def test_score_threshold_and_min_area_filter_instances(tiny_model, rng):
     everything.set_vocabulary(vocabulary)
     all_instances = everything.predict(image).instances
     threshold = float(np.median([i.score for i in all_instances]))
-    strict = Predictor.from_network(network, config, score_threshold=threshold,
-                                    min_area_px=200)
+    strict = Predictor.from_network(network, config, score_threshold=threshold, min_area_px=200)
     strict.set_vocabulary(vocabulary)
     kept = strict.predict(image).instances
     assert all(i.score >= threshold and i.mask.sum() >= 200 for i in kept)
@@ -154,7 +164,7 @@ def test_find_drops_duplicate_masks(predictor, rng):
     result = predictor.predict(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     matches = predictor.find(result, 'table', max_results=100)
     for i, a in enumerate(matches):
-        for b in matches[i + 1:]:
+        for b in matches[i + 1 :]:
             iou = (a.mask & b.mask).sum() / (a.mask | b.mask).sum()
             assert iou <= predictor.cfg.find_overlap_iou
 

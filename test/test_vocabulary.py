@@ -1,4 +1,5 @@
 """Vocabulary validation and the text-embedding cache."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,14 +22,17 @@ def test_parse_cleans_names_and_keeps_order():
     assert vocabulary.is_thing == (True, True, True)
 
 
-@pytest.mark.parametrize('names, message', [
-    (['mug', 'Mug'], 'twice'),
-    (['mug', '   '], 'empty'),
-    (['x' * 201], 'characters long'),
-    (['tab\tle\x00'], 'control'),
-    (['background'], 'reserved'),
-    ([3], 'must be a string'),
-])
+@pytest.mark.parametrize(
+    'names, message',
+    [
+        (['mug', 'Mug'], 'twice'),
+        (['mug', '   '], 'empty'),
+        (['x' * 201], 'characters long'),
+        (['tab\tle\x00'], 'control'),
+        (['background'], 'reserved'),
+        ([3], 'must be a string'),
+    ],
+)
 def test_bad_names_are_rejected_with_a_reason(names, message):
     with pytest.raises(VocabularyError, match=message):
         Vocabulary.from_names(names)
@@ -41,17 +45,22 @@ def test_absurd_size_is_rejected():
 
 def test_yaml_file_with_synonyms_and_stuff(tmp_path):
     path = tmp_path / 'vocabulary.yaml'
-    path.write_text('classes:\n  - red mug\n  - {name: tree, synonyms: [bush, leaves], '
-                    'is_thing: false}\n')
+    path.write_text(
+        'classes:\n  - red mug\n  - {name: tree, synonyms: [bush, leaves], is_thing: false}\n'
+    )
     vocabulary = Vocabulary.from_yaml(path)
     assert vocabulary.entries[1] == VocabularyEntry('tree', ('bush', 'leaves'), False)
     assert Vocabulary.from_records(vocabulary.to_records()) == vocabulary
 
 
-@pytest.mark.parametrize('text, message', [
-    (': [', 'not valid YAML'), ('just a string', 'list of classes'),
-    ('- {name: a, colour: red}', 'unknown class fields'),
-])
+@pytest.mark.parametrize(
+    'text, message',
+    [
+        (': [', 'not valid YAML'),
+        ('just a string', 'list of classes'),
+        ('- {name: a, colour: red}', 'unknown class fields'),
+    ],
+)
 def test_bad_yaml_files_say_what_is_wrong(tmp_path, text, message):
     path = tmp_path / 'v.yaml'
     path.write_text(text)

@@ -4,6 +4,7 @@ It owns the transforms, the current vocabulary and its cached text embeddings, a
 post-processing; the image model behind it (``MasQCLIP``: proposer + CLIP with mask tokens) is
 vocabulary-free, so changing the vocabulary or asking a free-text question never re-runs it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -80,8 +81,12 @@ class PredictorCfg:
 
     def __post_init__(self) -> None:
         validate_tasks(self.tasks)
-        for name in ('score_threshold', 'object_mask_threshold', 'overlap_threshold',
-                     'find_overlap_iou'):
+        for name in (
+            'score_threshold',
+            'object_mask_threshold',
+            'overlap_threshold',
+            'find_overlap_iou',
+        ):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f'{name} must be in [0, 1], got {value}')
@@ -120,35 +125,50 @@ class Predictor:
     :param device: where the post-processing tensors live.
     """
 
-    def __init__(self, image_model: ImageModel,
-                 encode_classes: Callable[[list[tuple[str, ...]], Sequence[str]], torch.Tensor],
-                 text_fingerprint: str, model_config: dict, device: str = 'cpu',
-                 cfg: PredictorCfg | None = None) -> None:
+    def __init__(
+        self,
+        image_model: ImageModel,
+        encode_classes: Callable[[list[tuple[str, ...]], Sequence[str]], torch.Tensor],
+        text_fingerprint: str,
+        model_config: dict,
+        device: str = 'cpu',
+        cfg: PredictorCfg | None = None,
+    ) -> None:
         self.cfg = cfg or PredictorCfg()
         self.model_config = model_config
         self.device = torch.device(device)
         self._image_model = image_model
         self._preprocess = model_config['preprocess']
         defaults = model_config.get('inference', {})
-        self._object_mask_threshold = _first(self.cfg.object_mask_threshold,
-                                             defaults.get('object_mask_threshold'), 0.3)
-        self._overlap_threshold = _first(self.cfg.overlap_threshold,
-                                         defaults.get('overlap_threshold'), 0.3)
+        self._object_mask_threshold = _first(
+            self.cfg.object_mask_threshold, defaults.get('object_mask_threshold'), 0.3
+        )
+        self._overlap_threshold = _first(
+            self.cfg.overlap_threshold, defaults.get('overlap_threshold'), 0.3
+        )
         self._max_instances = _first(self.cfg.max_instances, defaults.get('max_instances'), 100)
         templates = self.cfg.prompt_templates
-        self.text_cache = TextEmbeddingCache(lambda classes: encode_classes(classes, templates),
-                                             text_fingerprint, templates)
+        self.text_cache = TextEmbeddingCache(
+            lambda classes: encode_classes(classes, templates), text_fingerprint, templates
+        )
         self._vocabulary = Vocabulary(())
         self._text = self.text_cache.embed_vocabulary(self._vocabulary).to(self.device)
         self._is_thing = torch.zeros(0, dtype=torch.bool, device=self.device)
 
     @classmethod
-    def from_config(cls, model: str | None = 'test_tiny', checkpoint: str | None = None,
-                    clip_weights: str | None = None, device: str = 'cpu',
-                    backend: str = 'torch', precision: str = 'fp32',
-                    frame_size: tuple[int, int] = (480, 640),
-                    engine_cache_dir: str | None = None, onnx_path: str | None = None,
-                    **options: object) -> Predictor:
+    def from_config(
+        cls,
+        model: str | None = 'test_tiny',
+        checkpoint: str | None = None,
+        clip_weights: str | None = None,
+        device: str = 'cpu',
+        backend: str = 'torch',
+        precision: str = 'fp32',
+        frame_size: tuple[int, int] = (480, 640),
+        engine_cache_dir: str | None = None,
+        onnx_path: str | None = None,
+        **options: object,
+    ) -> Predictor:
         """Build a predictor from a named architecture or a checkpoint (which names its own).
 
         :param backend: 'torch', 'onnxruntime' or 'tensorrt'; the exported backends run the
@@ -168,21 +188,46 @@ class Predictor:
         )
 
         image_model = build_image_model(
-            network, config, backend, device, precision, network_input_size(config, *frame_size),
-            engine_cache_dir=engine_cache_dir or DEFAULT_CACHE_DIR, onnx_path=onnx_path,
-            model_name=model or Path(checkpoint).stem, checkpoint=checkpoint)
+            network,
+            config,
+            backend,
+            device,
+            precision,
+            network_input_size(config, *frame_size),
+            engine_cache_dir=engine_cache_dir or DEFAULT_CACHE_DIR,
+            onnx_path=onnx_path,
+            model_name=model or Path(checkpoint).stem,
+            checkpoint=checkpoint,
+        )
         text = network.text.eval().to(device)  # only the text tower stays in torch
-        return cls(image_model, network.encode_classes, fingerprint_module(text), config,
-                   device=device, cfg=PredictorCfg(**options))
+        return cls(
+            image_model,
+            network.encode_classes,
+            fingerprint_module(text),
+            config,
+            device=device,
+            cfg=PredictorCfg(**options),
+        )
 
     @classmethod
-    def from_network(cls, network: MasQCLIP, config: dict, device: str = 'cpu',
-                     precision: str = 'fp32', **options: object) -> Predictor:
+    def from_network(
+        cls,
+        network: MasQCLIP,
+        config: dict,
+        device: str = 'cpu',
+        precision: str = 'fp32',
+        **options: object,
+    ) -> Predictor:
         """Wrap an in-memory ``MasQCLIP`` (torch backend), e.g. during training."""
         network = network.eval().to(device)
-        return cls(_torch_image_model(network, device, precision), network.encode_classes,
-                   fingerprint_module(network.text), config, device=device,
-                   cfg=PredictorCfg(**options))
+        return cls(
+            _torch_image_model(network, device, precision),
+            network.encode_classes,
+            fingerprint_module(network.text),
+            config,
+            device=device,
+            cfg=PredictorCfg(**options),
+        )
 
     @property
     def vocabulary(self) -> Vocabulary:
@@ -196,8 +241,9 @@ class Predictor:
         self._is_thing = torch.tensor(vocabulary.is_thing, dtype=torch.bool, device=self.device)
         return time.perf_counter() - start
 
-    def predict(self, image: np.ndarray, color: str = 'rgb',
-                tasks: Collection[str] | None = None) -> SegmentationResult:
+    def predict(
+        self, image: np.ndarray, color: str = 'rgb', tasks: Collection[str] | None = None
+    ) -> SegmentationResult:
         """Segment one image with the current vocabulary.
 
         :param image: uint8 (H, W, 3).
@@ -215,13 +261,15 @@ class Predictor:
         with torch.inference_mode():
             mask_logits, objectness, embeddings = self._image_model(images)
             mask_logits, objectness, embeddings = (
-                t[0].float() for t in (mask_logits, objectness, embeddings))
+                t[0].float() for t in (mask_logits, objectness, embeddings)
+            )
             clock.lap('image_model')
             class_scores = classify_masks(embeddings, self._text, objectness)
             low_res_logits = crop_mask_logits(mask_logits, spec)
             clock.lap('classify')
-            result = SegmentationResult(image_size=spec.original,
-                                        vocabulary=self._vocabulary.names, timings=timings)
+            result = SegmentationResult(
+                image_size=spec.original, vocabulary=self._vocabulary.names, timings=timings
+            )
             if 'semantic' in tasks:
                 result.semantic = self._semantic(class_scores, low_res_logits, spec)
                 clock.lap('semantic')
@@ -232,11 +280,17 @@ class Predictor:
                     result.panoptic, result.segments = self._panoptic(class_scores, full_logits)
                     clock.lap('panoptic')
                 if 'instance' in tasks:
-                    result.instances = self._instances(class_scores, full_logits, embeddings,
-                                                       objectness, things_only='panoptic' in tasks)
+                    result.instances = self._instances(
+                        class_scores,
+                        full_logits,
+                        embeddings,
+                        objectness,
+                        things_only='panoptic' in tasks,
+                    )
                     clock.lap('instance')
-            result.proposals = Proposals(embeddings.cpu().numpy(), objectness.cpu().numpy(),
-                                         low_res_logits.cpu().numpy())
+            result.proposals = Proposals(
+                embeddings.cpu().numpy(), objectness.cpu().numpy(), low_res_logits.cpu().numpy()
+            )
         return result
 
     def preprocess(self, image: np.ndarray, color: str = 'rgb') -> tuple[torch.Tensor, ResizeSpec]:
@@ -250,13 +304,22 @@ class Predictor:
         image = validate_image(image)
         if color == 'bgr':
             image = image[..., ::-1]
-        spec = plan_resize(*image.shape[:2], self._preprocess['min_size'],
-                           self._preprocess['max_size'], self._preprocess['size_divisibility'])
+        spec = plan_resize(
+            *image.shape[:2],
+            self._preprocess['min_size'],
+            self._preprocess['max_size'],
+            self._preprocess['size_divisibility'],
+        )
         return image_to_tensor(image, spec).to(self.device), spec
 
-    def find(self, result: SegmentationResult, query: str,
-             negative_queries: Sequence[str] = (), max_results: int = 10,
-             min_score: float = 0.0) -> list[Instance]:
+    def find(
+        self,
+        result: SegmentationResult,
+        query: str,
+        negative_queries: Sequence[str] = (),
+        max_results: int = 10,
+        min_score: float = 0.0,
+    ) -> list[Instance]:
         """Score a free-text query against an already segmented frame's proposals.
 
         No image pass: the query's text embedding (cached) meets the frame's per-mask CLIP
@@ -275,11 +338,17 @@ class Predictor:
         proposals = result.proposals
         with torch.inference_mode():
             text = self.text_cache.embed(prompts)
-            scores = classify_masks(torch.from_numpy(proposals.embeddings), text.cpu(),
-                                    torch.from_numpy(proposals.objectness))[:, 0]
-            logits = F.interpolate(torch.from_numpy(proposals.mask_logits)[None],
-                                   size=result.image_size, mode='bilinear',
-                                   align_corners=False)[0]
+            scores = classify_masks(
+                torch.from_numpy(proposals.embeddings),
+                text.cpu(),
+                torch.from_numpy(proposals.objectness),
+            )[:, 0]
+            logits = F.interpolate(
+                torch.from_numpy(proposals.mask_logits)[None],
+                size=result.image_size,
+                mode='bilinear',
+                align_corners=False,
+            )[0]
             probs = logits.sigmoid()
             masks = logits > 0
             area = masks.flatten(1).sum(1)
@@ -292,12 +361,22 @@ class Predictor:
             if any(_iou(masks[q], other) > self.cfg.find_overlap_iou for other in chosen):
                 continue
             chosen.append(masks[q])
-            matches.append(_make_instance(query, 0, final[q], proposals.objectness[q],
-                                          masks[q], proposals.embeddings[q], q))
+            matches.append(
+                _make_instance(
+                    query,
+                    0,
+                    final[q],
+                    proposals.objectness[q],
+                    masks[q],
+                    proposals.embeddings[q],
+                    q,
+                )
+            )
         return matches
 
-    def _semantic(self, class_scores: torch.Tensor, low_res_logits: torch.Tensor,
-                  spec: ResizeSpec) -> np.ndarray:
+    def _semantic(
+        self, class_scores: torch.Tensor, low_res_logits: torch.Tensor, spec: ResizeSpec
+    ) -> np.ndarray:
         # At the proposer's 1/4 resolution, then nearest-upsampled: the class-by-pixel product
         # is what grows with the vocabulary, so it runs on 16x fewer pixels (the reference
         # computes it at input resolution).
@@ -305,44 +384,76 @@ class Predictor:
         labels = F.interpolate(labels[None, None].float(), size=spec.original, mode='nearest')
         return labels[0, 0].to(torch.int32).cpu().numpy()
 
-    def _panoptic(self, class_scores: torch.Tensor, full_logits: torch.Tensor
-                  ) -> tuple[np.ndarray, list[PanopticSegment]]:
-        panoptic, infos = panoptic_inference(class_scores, full_logits, self._is_thing,
-                                             self._object_mask_threshold,
-                                             self._overlap_threshold)
+    def _panoptic(
+        self, class_scores: torch.Tensor, full_logits: torch.Tensor
+    ) -> tuple[np.ndarray, list[PanopticSegment]]:
+        panoptic, infos = panoptic_inference(
+            class_scores,
+            full_logits,
+            self._is_thing,
+            self._object_mask_threshold,
+            self._overlap_threshold,
+        )
         names = self._vocabulary.names
-        segments = [PanopticSegment(s.id, s.class_id, names[s.class_id], s.is_thing, s.score,
-                                    s.area) for s in infos]
+        segments = [
+            PanopticSegment(s.id, s.class_id, names[s.class_id], s.is_thing, s.score, s.area)
+            for s in infos
+        ]
         return panoptic.cpu().numpy().astype(np.int32), segments
 
-    def _instances(self, class_scores: torch.Tensor, full_logits: torch.Tensor,
-                   embeddings: torch.Tensor, objectness: torch.Tensor,
-                   things_only: bool) -> list[Instance]:
-        found = instance_inference(class_scores, full_logits, self._max_instances,
-                                   self._is_thing if things_only else None)
+    def _instances(
+        self,
+        class_scores: torch.Tensor,
+        full_logits: torch.Tensor,
+        embeddings: torch.Tensor,
+        objectness: torch.Tensor,
+        things_only: bool,
+    ) -> list[Instance]:
+        found = instance_inference(
+            class_scores, full_logits, self._max_instances, self._is_thing if things_only else None
+        )
         names = self._vocabulary.names
         embeddings, objectness = embeddings.cpu().numpy(), objectness.cpu().numpy()
         instances = []
-        for score, class_id, q, mask in zip(found.scores.tolist(), found.class_ids.tolist(),
-                                            found.query_indices.tolist(), found.masks,
-                                            strict=True):
+        for score, class_id, q, mask in zip(
+            found.scores.tolist(),
+            found.class_ids.tolist(),
+            found.query_indices.tolist(),
+            found.masks,
+            strict=True,
+        ):
             if score < self.cfg.score_threshold:
                 break  # sorted by score
             if int(mask.sum()) < max(self.cfg.min_area_px, 1):
                 continue
-            instances.append(_make_instance(names[class_id], class_id, score, objectness[q],
-                                            mask, embeddings[q], q))
+            instances.append(
+                _make_instance(
+                    names[class_id], class_id, score, objectness[q], mask, embeddings[q], q
+                )
+            )
         return instances
 
 
-def _make_instance(label: str, class_id: int, score: float | torch.Tensor,
-                   objectness: float | np.floating, mask: torch.Tensor, embedding: np.ndarray,
-                   query_index: int) -> Instance:
+def _make_instance(
+    label: str,
+    class_id: int,
+    score: float | torch.Tensor,
+    objectness: float | np.floating,
+    mask: torch.Tensor,
+    embedding: np.ndarray,
+    query_index: int,
+) -> Instance:
     box = masks_to_boxes(mask[None])[0]
-    return Instance(label=label, class_id=int(class_id), score=float(score),
-                    objectness=float(objectness), box=box.cpu().numpy().astype(np.float32),
-                    mask=mask.cpu().numpy(), embedding=np.asarray(embedding, np.float32),
-                    query_index=int(query_index))
+    return Instance(
+        label=label,
+        class_id=int(class_id),
+        score=float(score),
+        objectness=float(objectness),
+        box=box.cpu().numpy().astype(np.float32),
+        mask=mask.cpu().numpy(),
+        embedding=np.asarray(embedding, np.float32),
+        query_index=int(query_index),
+    )
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> float:

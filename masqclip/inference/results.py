@@ -2,6 +2,7 @@
 
 Numpy arrays and plain Python types only, so a consumer never needs torch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -5,6 +5,7 @@ The proposer sees the image resized so its short side is ``min_size`` (long side
 (black padding at test time, method.md trap 5). Masks come back at 1/4 of the padded size and
 are mapped back to the original image here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,18 +34,25 @@ def validate_image(image: object) -> np.ndarray:
     if not isinstance(image, np.ndarray):
         raise InvalidImageError(f'expected a numpy array, got {type(image).__name__}')
     if image.dtype != np.uint8:
-        raise InvalidImageError(f'expected dtype uint8 (0-255), got {image.dtype}; convert '
-                                'float images with (image * 255).clip(0, 255).astype(np.uint8)')
+        raise InvalidImageError(
+            f'expected dtype uint8 (0-255), got {image.dtype}; convert '
+            'float images with (image * 255).clip(0, 255).astype(np.uint8)'
+        )
     if image.ndim != 3 or image.shape[2] != 3:
-        raise InvalidImageError(f'expected an H x W x 3 colour image, got shape {image.shape}; '
-                                'convert grey or RGBA images to 3 channels first')
+        raise InvalidImageError(
+            f'expected an H x W x 3 colour image, got shape {image.shape}; '
+            'convert grey or RGBA images to 3 channels first'
+        )
     height, width = image.shape[:2]
     if min(height, width) < MIN_SIDE:
         raise InvalidImageError(
-            f'image is {width}x{height}; both sides must be at least {MIN_SIDE} pixels')
+            f'image is {width}x{height}; both sides must be at least {MIN_SIDE} pixels'
+        )
     if height * width > MAX_PIXELS:
-        raise InvalidImageError(f'image is {width}x{height} ({height * width / 1e6:.0f} MP); '
-                                f'downscale it to at most {MAX_PIXELS / 1e6:.0f} MP')
+        raise InvalidImageError(
+            f'image is {width}x{height} ({height * width / 1e6:.0f} MP); '
+            f'downscale it to at most {MAX_PIXELS / 1e6:.0f} MP'
+        )
     return image
 
 
@@ -62,8 +70,9 @@ class ResizeSpec:
     padded: tuple[int, int]
 
 
-def plan_resize(height: int, width: int, min_size: int, max_size: int,
-                size_divisibility: int) -> ResizeSpec:
+def plan_resize(
+    height: int, width: int, min_size: int, max_size: int, size_divisibility: int
+) -> ResizeSpec:
     """Shortest-edge resize (detectron2's ``ResizeShortestEdge`` rule) plus padding."""
     scale = min_size / min(height, width)
     if max(height, width) * scale > max_size:
@@ -101,9 +110,10 @@ def mask_logits_to_image(mask_logits: torch.Tensor, spec: ResizeSpec) -> torch.T
     As the reference (Mask2Former's ``sem_seg_postprocess``): bilinear to the padded input size,
     crop the padding, bilinear to the original size.
     """
-    logits = F.interpolate(mask_logits[None], size=spec.padded, mode='bilinear',
-                           align_corners=False)
-    logits = logits[..., :spec.resized[0], :spec.resized[1]]
+    logits = F.interpolate(
+        mask_logits[None], size=spec.padded, mode='bilinear', align_corners=False
+    )
+    logits = logits[..., : spec.resized[0], : spec.resized[1]]
     if spec.resized != spec.original:
         logits = F.interpolate(logits, size=spec.original, mode='bilinear', align_corners=False)
     return logits[0]

@@ -4,6 +4,7 @@ Text enters MasQCLIP only at the very end, as a dot product with per-mask CLIP e
 a vocabulary change costs one pass of the text tower over the classes not seen before and never
 touches the image path.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,7 +59,8 @@ def _clean_text(text: object, what: str) -> str:
     if len(cleaned) > MAX_NAME_LENGTH:
         raise VocabularyError(
             f'{what} is {len(cleaned)} characters long (at most {MAX_NAME_LENGTH}): '
-            f'{cleaned[:40]!r}...')
+            f'{cleaned[:40]!r}...'
+        )
     if not cleaned.isprintable():
         raise VocabularyError(f'{what} contains control characters: {cleaned!r}')
     return cleaned
@@ -69,8 +71,9 @@ def validate_query(text: object) -> str:
     return _clean_text(text, 'query')
 
 
-def _make_entry(name: object, synonyms: Iterable[object] = (), is_thing: object = True
-                ) -> VocabularyEntry:
+def _make_entry(
+    name: object, synonyms: Iterable[object] = (), is_thing: object = True
+) -> VocabularyEntry:
     clean_name = _clean_text(name, 'class name')
     if isinstance(synonyms, str):
         synonyms = [synonyms]
@@ -94,13 +97,15 @@ class Vocabulary:
         if len(self.entries) > MAX_CLASSES:
             raise VocabularyError(
                 f'{len(self.entries)} classes is more than the {MAX_CLASSES} allowed; '
-                'split the vocabulary or query with the find service instead')
+                'split the vocabulary or query with the find service instead'
+            )
         seen: dict[str, str] = {}
         for entry in self.entries:
             key = entry.name.lower()
             if key == BACKGROUND:
                 raise VocabularyError(
-                    f'"{BACKGROUND}" is reserved: it is always appended as the no-class entry')
+                    f'"{BACKGROUND}" is reserved: it is always appended as the no-class entry'
+                )
             if key in seen:
                 raise VocabularyError(f'class {entry.name!r} appears twice')
             seen[key] = entry.name
@@ -125,10 +130,17 @@ class Vocabulary:
             if isinstance(record, dict):
                 unknown = set(record) - {'name', 'synonyms', 'is_thing'}
                 if unknown:
-                    raise VocabularyError(f'unknown class fields {sorted(unknown)} in {record}; '
-                                          'allowed: name, synonyms, is_thing')
-                entries.append(_make_entry(record.get('name'), record.get('synonyms', ()),
-                                           record.get('is_thing', True)))
+                    raise VocabularyError(
+                        f'unknown class fields {sorted(unknown)} in {record}; '
+                        'allowed: name, synonyms, is_thing'
+                    )
+                entries.append(
+                    _make_entry(
+                        record.get('name'),
+                        record.get('synonyms', ()),
+                        record.get('is_thing', True),
+                    )
+                )
             else:
                 entries.append(_make_entry(record))
         return cls(tuple(entries))
@@ -150,7 +162,8 @@ class Vocabulary:
             data = data.get('classes')
         if not isinstance(data, list):
             raise VocabularyError(
-                f'vocabulary file {path} must hold a list of classes or a "classes:" list')
+                f'vocabulary file {path} must hold a list of classes or a "classes:" list'
+            )
         return cls.from_records(data)
 
     @property
@@ -180,8 +193,10 @@ class Vocabulary:
 
     def to_records(self) -> list[dict]:
         """The YAML/JSON form, readable by ``from_records``."""
-        return [{'name': e.name, 'synonyms': list(e.synonyms), 'is_thing': e.is_thing}
-                for e in self.entries]
+        return [
+            {'name': e.name, 'synonyms': list(e.synonyms), 'is_thing': e.is_thing}
+            for e in self.entries
+        ]
 
 
 class TextEmbeddingCache:
@@ -196,9 +211,13 @@ class TextEmbeddingCache:
     :param weights_fingerprint: identifies the text tower's weights.
     """
 
-    def __init__(self, encode: Callable[[list[tuple[str, ...]]], torch.Tensor],
-                 weights_fingerprint: str, templates: Sequence[str] = (),
-                 max_entries: int = 20000) -> None:
+    def __init__(
+        self,
+        encode: Callable[[list[tuple[str, ...]]], torch.Tensor],
+        weights_fingerprint: str,
+        templates: Sequence[str] = (),
+        max_entries: int = 20000,
+    ) -> None:
         self._encode = encode
         self._salt = json.dumps([weights_fingerprint, list(templates)])
         self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()

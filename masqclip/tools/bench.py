@@ -10,6 +10,7 @@ Ratios are measured within one run, interleaved, so a busy machine slows both si
   mask-token CLIP;
 - onnxruntime_vs_torch_speedup: the image path on onnxruntime (CPU) vs torch eager.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,11 @@ from masqclip.modeling.masqclip import MasQCLIP
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--model', default='masqclip_r50_vitb16',
-                        help='architecture to time (default: %(default)s)')
+    parser.add_argument(
+        '--model',
+        default='masqclip_r50_vitb16',
+        help='architecture to time (default: %(default)s)',
+    )
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--size', default='640x480', help='frame WxH (default: %(default)s)')
     parser.add_argument('--repeats', type=int, default=3, help='timed runs per measurement')
@@ -58,13 +62,20 @@ def run(args: argparse.Namespace) -> int:
             start = time.perf_counter()
             predictor.predict(frame, tasks=tasks)
             return time.perf_counter() - start
+
         return once
 
     predictor.predict(frame)  # warm-up
     instance_panoptic = ('instance', 'panoptic')
     t_small, t_large, s_small, s_large = interleaved_medians(
-        [latency(small, instance_panoptic), latency(large, instance_panoptic),
-         latency(small, ('semantic',)), latency(large, ('semantic',))], args.repeats)
+        [
+            latency(small, instance_panoptic),
+            latency(large, instance_panoptic),
+            latency(small, ('semantic',)),
+            latency(large, ('semantic',)),
+        ],
+        args.repeats,
+    )
     tokens_s, crops_s = _mask_tokens_vs_crops(network, predictor, frame, args.repeats)
     stages = _stage_breakdown(predictor, network, frame, args.repeats)
     onnxruntime = measure_onnxruntime_vs_torch(args.model, (height, width), args.repeats)
@@ -85,8 +96,11 @@ def run(args: argparse.Namespace) -> int:
         'stages_s': stages,
         'onnxruntime_vs_torch_speedup': onnxruntime['onnxruntime_vs_torch_speedup'],
         'onnxruntime': onnxruntime,
-        'environment': {'torch': torch.__version__, 'threads': torch.get_num_threads(),
-                        'cpu': platform.processor() or platform.machine()},
+        'environment': {
+            'torch': torch.__version__,
+            'threads': torch.get_num_threads(),
+            'cpu': platform.processor() or platform.machine(),
+        },
     }
     print(json.dumps(figures, indent=1))
     if args.json:
@@ -98,8 +112,9 @@ def _vocabulary(size: int) -> Vocabulary:
     return Vocabulary.from_names([f'object number {i}' for i in range(size)])
 
 
-def _mask_tokens_vs_crops(network: MasQCLIP, predictor: Predictor, frame: np.ndarray,
-                          repeats: int) -> tuple[float, float]:
+def _mask_tokens_vs_crops(
+    network: MasQCLIP, predictor: Predictor, frame: np.ndarray, repeats: int
+) -> tuple[float, float]:
     images = predictor.preprocess(frame)[0]
     with torch.inference_mode():
         mask_logits = network.proposer(images)['pred_masks']
@@ -108,15 +123,24 @@ def _mask_tokens_vs_crops(network: MasQCLIP, predictor: Predictor, frame: np.nda
         size = network.clip_image_size
 
         def classify_crops() -> None:
-            batch = torch.cat([F.interpolate(images[:, :, y0:y1, x0:x1], size=(size, size),
-                                             mode='bicubic', align_corners=False)
-                               for x0, y0, x1, y1 in boxes])
+            batch = torch.cat(
+                [
+                    F.interpolate(
+                        images[:, :, y0:y1, x0:x1],
+                        size=(size, size),
+                        mode='bicubic',
+                        align_corners=False,
+                    )
+                    for x0, y0, x1, y1 in boxes
+                ]
+            )
             network.mask_clip.encode_image((batch - network.clip_mean) / network.clip_std)
 
         mask_tokens = timer(network.mask_clip, clip_input, mask_logits)
         mask_tokens()  # warm-up
-        return tuple(interleaved_medians([mask_tokens, timer(classify_crops)],
-                                         max(1, repeats // 2)))
+        return tuple(
+            interleaved_medians([mask_tokens, timer(classify_crops)], max(1, repeats // 2))
+        )
 
 
 def _proposal_boxes(mask_logits: torch.Tensor, size: torch.Size) -> list[tuple[int, ...]]:
@@ -133,8 +157,9 @@ def _proposal_boxes(mask_logits: torch.Tensor, size: torch.Size) -> list[tuple[i
     return boxes
 
 
-def _stage_breakdown(predictor: Predictor, network: MasQCLIP, frame: np.ndarray,
-                     repeats: int) -> dict[str, float]:
+def _stage_breakdown(
+    predictor: Predictor, network: MasQCLIP, frame: np.ndarray, repeats: int
+) -> dict[str, float]:
     runs = [predictor.predict(frame).timings for _ in range(repeats)]
     stages = {name: statistics.median(t[name] for t in runs) for name in runs[0]}
     images = predictor.preprocess(frame)[0]
@@ -143,5 +168,6 @@ def _stage_breakdown(predictor: Predictor, network: MasQCLIP, frame: np.ndarray,
         clip_input = network.clip_input(images)
         stages['image_model.proposer'], stages['image_model.mask_clip'] = interleaved_medians(
             [timer(network.proposer, images), timer(network.mask_clip, clip_input, mask_logits)],
-            repeats)
+            repeats,
+        )
     return stages

@@ -1,4 +1,5 @@
 """Command-line options shared by the subcommands that build a predictor."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,15 +9,18 @@ from masqclip.inference.predictor import TASKS, Predictor
 from masqclip.inference.vocabulary import Vocabulary, VocabularyError
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, default_model: str = 'test_tiny'
-                        ) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, default_model: str = 'test_tiny') -> None:
     group = parser.add_argument_group('model')
-    group.add_argument('--model', default=default_model,
-                       help=f'architecture: one of {", ".join(list_models())} or a .json path; '
-                       'ignored when --checkpoint stores one (default: %(default)s)')
+    group.add_argument(
+        '--model',
+        default=default_model,
+        help=f'architecture: one of {", ".join(list_models())} or a .json path; '
+        'ignored when --checkpoint stores one (default: %(default)s)',
+    )
     group.add_argument('--checkpoint', help='a masqclip_ros checkpoint (.pt)')
-    group.add_argument('--clip-weights', help="'openai' or a CLIP weights file, for a model "
-                       'without a checkpoint')
+    group.add_argument(
+        '--clip-weights', help="'openai' or a CLIP weights file, for a model without a checkpoint"
+    )
     group.add_argument('--device', default='cpu', help='cpu, cuda, cuda:1 ... (%(default)s)')
     group.add_argument('--precision', default='fp32', choices=('fp32', 'fp16'))
 
@@ -46,6 +50,11 @@ def vocabulary_from_args(args: argparse.Namespace) -> Vocabulary:
 
 
 def predictor_from_args(args: argparse.Namespace, **options: object) -> Predictor:
-    return Predictor.from_config(None if args.checkpoint else args.model,
-                                 checkpoint=args.checkpoint, clip_weights=args.clip_weights,
-                                 device=args.device, precision=args.precision, **options)
+    return Predictor.from_config(
+        None if args.checkpoint else args.model,
+        checkpoint=args.checkpoint,
+        clip_weights=args.clip_weights,
+        device=args.device,
+        precision=args.precision,
+        **options,
+    )

@@ -1,5 +1,6 @@
 """Segment one image: writes an overlay PNG, a JSON of the instances and panoptic segments
 (masks as COCO RLE), and the semantic (16-bit class index) and panoptic (COCO RGB id) PNGs."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,11 +28,19 @@ SEMANTIC_UNLABELED_PNG = 65535
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('image', help='an image file OpenCV can read (PNG, JPEG, ...)')
     add_vocabulary_arguments(parser)
-    parser.add_argument('--tasks', type=parse_tasks, default=('instance', 'semantic', 'panoptic'),
-                        help='comma list of instance, semantic, panoptic (default: all)')
+    parser.add_argument(
+        '--tasks',
+        type=parse_tasks,
+        default=('instance', 'semantic', 'panoptic'),
+        help='comma list of instance, semantic, panoptic (default: all)',
+    )
     parser.add_argument('--out', default='out', help='output folder (default: %(default)s)')
-    parser.add_argument('--score-threshold', type=float, default=0.3,
-                        help='drop instances scoring lower (default: %(default)s)')
+    parser.add_argument(
+        '--score-threshold',
+        type=float,
+        default=0.3,
+        help='drop instances scoring lower (default: %(default)s)',
+    )
     add_model_arguments(parser)
 
 
@@ -53,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
     if result.panoptic is not None:
         cv2.imwrite(str(out / f'{stem}_panoptic.png'), id_map_to_rgb(result.panoptic)[..., ::-1])
     (out / f'{stem}.json').write_text(json.dumps(result_to_json(result), indent=1))
-    print(f'{len(result.instances)} instances, {len(result.segments)} panoptic segments '
-          f'-> {out}/{stem}_*')
+    print(
+        f'{len(result.instances)} instances, {len(result.segments)} panoptic segments '
+        f'-> {out}/{stem}_*'
+    )
     return 0
 
 
@@ -73,10 +84,18 @@ def result_to_json(result: SegmentationResult) -> dict:
     return {
         'image_size': list(result.image_size),
         'vocabulary': list(result.vocabulary),
-        'instances': [{'label': i.label, 'class_id': i.class_id, 'score': i.score,
-                       'objectness': i.objectness, 'box_xyxy': i.box.tolist(),
-                       'area': int(i.mask.sum()), 'mask_rle': encode_rle(i.mask)}
-                      for i in result.instances],
+        'instances': [
+            {
+                'label': i.label,
+                'class_id': i.class_id,
+                'score': i.score,
+                'objectness': i.objectness,
+                'box_xyxy': i.box.tolist(),
+                'area': int(i.mask.sum()),
+                'mask_rle': encode_rle(i.mask),
+            }
+            for i in result.instances
+        ],
         'panoptic_segments': [vars(s) for s in result.segments],
         'timings_s': result.timings,
     }
