@@ -270,3 +270,14 @@ def test_onnx_export_matches_onnxruntime(tiny_cfg: dict, tmp_path: Path) -> None
         ref_logits, ref_masks = model(images)
     np.testing.assert_allclose(got_logits, ref_logits.numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(got_masks, ref_masks.numpy(), atol=1e-4, rtol=0)
+
+
+def test_backbone_width_scales_every_stage() -> None:
+    narrow = ResNetBackbone('basic', [1, 1, 1, 1], width=16)
+    assert narrow.out_channels == {'res2': 16, 'res3': 32, 'res4': 64, 'res5': 128}
+    features = narrow(torch.zeros(1, 3, 64, 64))
+    assert {k: v.shape[1] for k, v in features.items()} == narrow.out_channels
+    standard = ResNetBackbone('basic', [1, 1, 1, 1])
+    assert sum(p.numel() for p in narrow.parameters()) * 10 < sum(
+        p.numel() for p in standard.parameters()
+    )

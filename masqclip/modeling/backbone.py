@@ -7,7 +7,7 @@ convolution (``STRIDE_IN_1X1 False``), which is exactly torchvision's ResNet v1.
 
 import re
 
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -26,9 +26,11 @@ class ResNetBackbone(ResNet):
 
     :param block: ``'basic'`` (ResNet-18/34 blocks) or ``'bottleneck'`` (ResNet-50/101).
     :param layers: number of blocks in each of the four stages, e.g. ``[3, 4, 6, 3]``.
+    :param width: channels of the stem and the first stage (doubling per stage); 64 is the
+        standard ResNet, smaller widths make toy backbones (the stage widths hold most weights).
     """
 
-    def __init__(self, block: str, layers: list[int]) -> None:
+    def __init__(self, block: str, layers: list[int], width: int = 64) -> None:
         if block not in RESNET_BLOCKS:
             raise ValueError(f'unknown ResNet block {block!r}: use one of {sorted(RESNET_BLOCKS)}')
         if len(layers) != 4 or any(n < 1 for n in layers):
@@ -38,8 +40,20 @@ class ResNetBackbone(ResNet):
         # The classification head is never used and would only add unexpected keys.
         del self.avgpool
         del self.fc
-        width = 64 * block_cls.expansion
-        self.out_channels: dict[str, int] = {name: width * 2**i for i, name in enumerate(_LEVELS)}
+        if width != 64:  # torchvision hard-codes 64: rebuild the stem and stages narrower
+            self.inplanes = width
+            self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+            self.bn1 = FrozenBatchNorm2d(width)
+            for i, (name, blocks) in enumerate(
+                zip(('layer1', 'layer2', 'layer3', 'layer4'), layers, strict=True)
+            ):
+                setattr(
+                    self,
+                    name,
+                    self._make_layer(block_cls, width * 2**i, blocks, stride=1 if i == 0 else 2),
+                )
+        out = width * block_cls.expansion
+        self.out_channels: dict[str, int] = {name: out * 2**i for i, name in enumerate(_LEVELS)}
         self.strides: dict[str, int] = {name: 4 * 2**i for i, name in enumerate(_LEVELS)}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

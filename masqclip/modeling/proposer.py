@@ -88,7 +88,7 @@ def _section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
 def build_proposer(cfg: dict[str, Any]) -> MaskProposer:
     """Build a randomly initialised proposer from a model config's ``"proposer"`` section.
 
-    :param cfg: ``{"backbone": {"block", "layers"}, "pixel_decoder": {"conv_dim",
+    :param cfg: ``{"backbone": {"block", "layers", optional "width"}, "pixel_decoder": {"conv_dim",
         "mask_dim", "num_encoder_layers", "num_heads", "num_points", "dim_feedforward"},
         "decoder": {"hidden_dim", "num_queries", "num_heads", "dim_feedforward",
         "dec_layers"}}``.
@@ -98,7 +98,7 @@ def build_proposer(cfg: dict[str, Any]) -> MaskProposer:
     """
     bb, pd, dec = (_section(cfg, n) for n in ('backbone', 'pixel_decoder', 'decoder'))
     try:
-        backbone = ResNetBackbone(bb['block'], bb['layers'])
+        backbone = ResNetBackbone(bb['block'], bb['layers'], bb.get('width', 64))
         pixel_decoder = MSDeformAttnPixelDecoder(
             in_channels=[backbone.out_channels[k] for k in ('res2', 'res3', 'res4', 'res5')],
             conv_dim=pd['conv_dim'],
