@@ -19,5 +19,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$PY" -m pip install --quiet --no-deps -e .
   echo "$want" > "$stamp"
 fi
-"$PY" -c 'import torch, torchvision, open_clip, onnxruntime, masqclip' \
-  && echo "setup: ok ($("$PY" -c 'import torch; print("torch", torch.__version__)'))"
+# ROS 2 wheels and the build of this package's interfaces into the venv.
+scripts/setup_ros.sh "$VENV"
+"$PY" -c 'import torch, open_clip, onnxruntime, rclpy, masqclip, masqclip_ros.msg
+print("setup: ok, torch", torch.__version__)'

@@ -1,0 +1,284 @@
+"""Building the node's output messages from a ``SegmentationResult`` (pure functions).
+
+Nothing here needs a running node: every function takes results, headers and numbers and
+returns messages, so each output is tested on hand-made results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point, Vector3
+from sensor_msgs.msg import Image, RegionOfInterest
+from std_msgs.msg import Header
+from visualization_msgs.msg import Marker, MarkerArray
+
+from masqclip.inference.results import UNLABELED, Instance, SegmentationResult
+from masqclip.inference.vocabulary import Vocabulary, VocabularyEntry
+from masqclip.visualization import label_color
+from masqclip_ros import msg as ros_msg
+from masqclip_ros.conversions import array_to_image_msg
+from masqclip_ros.geometry import Geometry3D
+
+SEMANTIC_UNLABELED = 65535
+"""Pixel value of ``~/semantic`` where no class claims the pixel."""
+
+
+def box_to_roi(box: np.ndarray, height: int, width: int) -> RegionOfInterest:
+    """Convert an x0, y0, x1, y1 box (x1/y1 exclusive) to integer pixel bounds.
+
+    :param box: float (4,) in pixels.
+    :param height: image rows (the ROI is clipped to the image).
+    :param width: image columns.
+    :return: the region of interest; all zeros for an empty box.
+    """
+    x0, y0 = int(np.floor(box[0])), int(np.floor(box[1]))
+    x1, y1 = int(np.ceil(box[2])), int(np.ceil(box[3]))
+    x0, x1 = max(0, min(x0, width)), max(0, min(x1, width))
+    y0, y1 = max(0, min(y0, height)), max(0, min(y1, height))
+    if x1 <= x0 or y1 <= y0:
+        return RegionOfInterest()
+    return RegionOfInterest(x_offset=x0, y_offset=y0, width=x1 - x0, height=y1 - y0)
+
+
+def instance_to_msg(
+    instance: Instance,
+    header: Header,
+    with_mask: bool = True,
+    geometry: Geometry3D | None = None,
+) -> ros_msg.Instance:
+    """Convert one instance; the mask is cropped to its ROI.
+
+    :param instance: the library's instance (bool (H, W) mask).
+    :param header: stamped onto the mask image.
+    :param with_mask: fill ``mask`` (mono8, 255 inside); else leave it empty.
+    :param geometry: 3D centroid and extent, when depth gave them.
+    :return: the ``masqclip_ros/Instance``.
+    """
+    height, width = instance.mask.shape
+    roi = box_to_roi(instance.box, height, width)
+    out = ros_msg.Instance(
+        label=instance.label,
+        class_id=int(instance.class_id),
+        score=float(instance.score),
+        objectness=float(instance.objectness),
+        roi=roi,
+        area=int(np.count_nonzero(instance.mask)),
+        proposal_index=int(instance.query_index),
+    )
+    if with_mask and roi.width > 0:
+        crop = instance.mask[
+            roi.y_offset : roi.y_offset + roi.height, roi.x_offset : roi.x_offset + roi.width
+        ]
+        out.mask = array_to_image_msg(crop.astype(np.uint8) * np.uint8(255), 'mono8', header)
+    if geometry is not None:
+        out.has_3d = True
+        out.centroid = Point(x=float(geometry.centroid[0]), y=float(geometry.centroid[1]),
+                             z=float(geometry.centroid[2]))  # fmt: skip
+        out.extent = Vector3(x=float(geometry.extent[0]), y=float(geometry.extent[1]),
+                             z=float(geometry.extent[2]))  # fmt: skip
+        out.depth_points = geometry.points
+    return out
+
+
+def instances_to_msg(
+    result: SegmentationResult,
+    header: Header,
+    vocabulary_version: int,
+    geometries: Sequence[Geometry3D | None] | None = None,
+    with_masks: bool = True,
+) -> ros_msg.InstanceSegmentation:
+    """Convert every instance of a frame.
+
+    :param result: the frame's segmentation.
+    :param header: the input image's header (copied).
+    :param vocabulary_version: version the frame was segmented with.
+    :param geometries: one entry per instance (None where no 3D), or None for no 3D at all.
+    :param with_masks: include the ROI masks.
+    :return: the ``masqclip_ros/InstanceSegmentation``.
+    """
+    height, width = result.image_size
+    geometries = geometries or [None] * len(result.instances)
+    return ros_msg.InstanceSegmentation(
+        header=header,
+        height=height,
+        width=width,
+        vocabulary_version=vocabulary_version,
+        instances=[
+            instance_to_msg(instance, header, with_masks, geometry)
+            for instance, geometry in zip(result.instances, geometries, strict=True)
+        ],
+    )
+
+
+def semantic_to_msg(semantic: np.ndarray, header: Header) -> Image:
+    """Convert a class-index map to a mono16 image.
+
+    :param semantic: int32 (H, W) class indices, ``UNLABELED`` (-1) where none.
+    :param header: the input image's header (copied).
+    :return: mono16 image, 65535 where unlabeled.
+    """
+    if semantic.size and semantic.max() >= SEMANTIC_UNLABELED:
+        raise ValueError(f'class index {semantic.max()} does not fit a mono16 semantic image')
+    pixels = np.where(semantic == UNLABELED, SEMANTIC_UNLABELED, semantic).astype(np.uint16)
+    return array_to_image_msg(pixels, 'mono16', header)
+
+
+def panoptic_to_msg(
+    result: SegmentationResult, header: Header, vocabulary_version: int
+) -> ros_msg.PanopticSegmentation:
+    """Convert the panoptic map and its segments.
+
+    :param result: a result with ``panoptic`` set.
+    :param header: the input image's header (copied).
+    :param vocabulary_version: version the frame was segmented with.
+    :return: segment ids as mono16 (32SC1 when an id exceeds 65535) and the segments.
+    """
+    panoptic = result.panoptic
+    if panoptic is None:
+        raise ValueError('the result has no panoptic map; enable the panoptic task')
+    if panoptic.size == 0 or panoptic.max() <= np.iinfo(np.uint16).max:
+        ids = array_to_image_msg(panoptic.astype(np.uint16), 'mono16', header)
+    else:
+        ids = array_to_image_msg(panoptic.astype(np.int32), '32SC1', header)
+    segments = [
+        ros_msg.PanopticSegment(
+            id=int(segment.id),
+            class_id=int(segment.class_id),
+            label=segment.label,
+            is_thing=bool(segment.is_thing),
+            score=float(segment.score),
+            area=int(segment.area),
+        )
+        for segment in result.segments
+    ]
+    return ros_msg.PanopticSegmentation(
+        header=header, vocabulary_version=vocabulary_version, segment_ids=ids, segments=segments
+    )
+
+
+def vocabulary_to_msg(vocabulary: Vocabulary, version: int, stamp: Time) -> ros_msg.Vocabulary:
+    """Convert the library's vocabulary.
+
+    :param vocabulary: the classes in index order.
+    :param version: its version.
+    :param stamp: when it came into force.
+    :return: the ``masqclip_ros/Vocabulary``.
+    """
+    return ros_msg.Vocabulary(
+        header=Header(stamp=stamp),
+        entries=[
+            ros_msg.VocabularyEntry(
+                name=entry.name, synonyms=list(entry.synonyms), is_thing=entry.is_thing
+            )
+            for entry in vocabulary.entries
+        ],
+        version=version,
+    )
+
+
+def msgs_to_entries(entries: Sequence[ros_msg.VocabularyEntry]) -> tuple[VocabularyEntry, ...]:
+    """Convert message entries to the library's (validation happens in ``Vocabulary``).
+
+    :param entries: ``masqclip_ros/VocabularyEntry`` messages.
+    :return: the library's entries, in order.
+    """
+    return tuple(
+        VocabularyEntry(entry.name, tuple(entry.synonyms), bool(entry.is_thing))
+        for entry in entries
+    )
+
+
+def detections_to_msg(result: SegmentationResult, header: Header, vision_msgs: object) -> object:
+    """Mirror the instances as ``vision_msgs/Detection2DArray``; class_id holds the label.
+
+    :param result: the frame's segmentation.
+    :param header: the input image's header (copied).
+    :param vision_msgs: the imported ``vision_msgs.msg`` module (optional at run time).
+    :return: the ``Detection2DArray``; boxes centred in pixel coordinates.
+    """
+    detections = []
+    for instance in result.instances:
+        x0, y0, x1, y1 = (float(value) for value in instance.box)
+        detection = vision_msgs.Detection2D(header=header)
+        detection.bbox.center.position.x = (x0 + x1) / 2.0
+        detection.bbox.center.position.y = (y0 + y1) / 2.0
+        detection.bbox.size_x = x1 - x0
+        detection.bbox.size_y = y1 - y0
+        hypothesis = vision_msgs.ObjectHypothesisWithPose()
+        hypothesis.hypothesis.class_id = instance.label
+        hypothesis.hypothesis.score = float(instance.score)
+        detection.results = [hypothesis]
+        detections.append(detection)
+    return vision_msgs.Detection2DArray(header=header, detections=detections)
+
+
+def markers_to_msg(
+    labels: Sequence[str], geometries: Sequence[Geometry3D | None], header: Header
+) -> MarkerArray:
+    """Boxes and text labels for the instances that have 3D, in the label's colour.
+
+    The first marker deletes the previous frame's markers.
+
+    :param labels: one per instance.
+    :param geometries: one per instance, None where no 3D.
+    :param header: the input image's header (its frame is the optical frame).
+    :return: the ``MarkerArray``.
+    """
+    markers = [Marker(header=header, action=Marker.DELETEALL)]
+    for index, (label, geometry) in enumerate(zip(labels, geometries, strict=True)):
+        if geometry is None:
+            continue
+        red, green, blue = (channel / 255.0 for channel in label_color(label))
+        centre = Point(x=float(geometry.centroid[0]), y=float(geometry.centroid[1]),
+                       z=float(geometry.centroid[2]))  # fmt: skip
+        box = Marker(header=header, ns='masqclip/boxes', id=index, type=Marker.CUBE)
+        box.pose.position = centre
+        box.pose.orientation.w = 1.0
+        # A flat object still gets a visible box.
+        box.scale = Vector3(
+            x=max(float(geometry.extent[0]), 0.01),
+            y=max(float(geometry.extent[1]), 0.01),
+            z=max(float(geometry.extent[2]), 0.01),
+        )
+        box.color.r, box.color.g, box.color.b, box.color.a = red, green, blue, 0.4
+        text = Marker(header=header, ns='masqclip/labels', id=index)
+        text.type = Marker.TEXT_VIEW_FACING
+        text.pose.position = Point(x=centre.x, y=centre.y - box.scale.y / 2.0 - 0.05, z=centre.z)
+        text.pose.orientation.w = 1.0
+        text.scale.z = 0.08
+        text.color.r, text.color.g, text.color.b, text.color.a = red, green, blue, 1.0
+        text.text = label
+        markers += [box, text]
+    return MarkerArray(markers=markers)
+
+
+def diagnostics_to_msg(
+    stamp: Time,
+    name: str,
+    hardware_id: str,
+    level: bytes,
+    message: str,
+    values: Mapping[str, object],
+) -> DiagnosticArray:
+    """One diagnostic status with its key/values.
+
+    :param stamp: now.
+    :param name: status name, e.g. 'masqclip_node: segmentation'.
+    :param hardware_id: the device inference runs on.
+    :param level: ``DiagnosticStatus.OK`` / ``WARN`` / ``ERROR`` / ``STALE``.
+    :param message: one-line summary.
+    :param values: shown as key/value pairs (floats with 4 significant digits).
+    :return: the ``DiagnosticArray``.
+    """
+    pairs = [
+        KeyValue(key=key, value=f'{value:.4g}' if isinstance(value, float) else str(value))
+        for key, value in values.items()
+    ]
+    status = DiagnosticStatus(
+        level=level, name=name, message=message, hardware_id=hardware_id, values=pairs
+    )
+    return DiagnosticArray(header=Header(stamp=stamp), status=[status])

@@ -1,0 +1,242 @@
+"""The node's parameters: one table of names, defaults, descriptions and ranges, and their
+validation into a ``Settings`` object (no rclpy node needed to test it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+TASKS = ('instance', 'semantic', 'panoptic')
+BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
+PRECISIONS = ('fp32', 'fp16')
+RELIABILITIES = ('auto', 'reliable', 'best_effort')
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One declared parameter: ``bounds`` is (min, max) for numbers, ``choices`` for strings."""
+
+    name: str
+    default: object
+    description: str
+    bounds: tuple[float, float] | None = None
+    choices: tuple[str, ...] = ()
+    live: bool = False
+    """True when a change takes effect at once; others wait for the next configure."""
+
+
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    ParameterSpec('model.config', 'test_tiny', 'Named architecture (masqclip/model_configs).'),
+    ParameterSpec('model.checkpoint', '', 'MasQCLIP checkpoint file; empty = random weights.'),
+    ParameterSpec('model.clip_weights', '', "CLIP weights file; empty = the checkpoint's."),
+    ParameterSpec('model.backend', 'torch', 'Inference backend.', choices=BACKENDS),
+    ParameterSpec('model.device', 'cpu', 'Torch device, e.g. cpu or cuda:0.'),
+    ParameterSpec('model.precision', 'fp32', 'Numeric precision.', choices=PRECISIONS),
+    ParameterSpec('model.engine_cache_dir', '', 'Folder for built TensorRT engines.'),
+    ParameterSpec('tasks', list(TASKS), 'Outputs to compute (instance, semantic, panoptic).'),
+    ParameterSpec('score_threshold', 0.0, 'Instances scoring lower are dropped.', (0.0, 1.0)),
+    ParameterSpec(
+        'object_mask_threshold',
+        -1.0,
+        "Panoptic: minimum class score of a kept mask; -1 = the model config's value.",
+        (-1.0, 1.0),
+    ),
+    ParameterSpec(
+        'overlap_threshold',
+        -1.0,
+        "Panoptic: minimum visible fraction of a kept mask; -1 = the model config's value.",
+        (-1.0, 1.0),
+    ),
+    ParameterSpec(
+        'max_instances', 0, "Most instances per frame; 0 = the model config's value.", (0, 10000)
+    ),
+    ParameterSpec('min_area_px', 0, 'Instances with fewer mask pixels are dropped.', (0, 1e9)),
+    ParameterSpec(
+        'vocabulary', ['object'], 'Class names (used when vocabulary_file is empty).', live=True
+    ),
+    ParameterSpec(
+        'vocabulary_file', '', 'YAML vocabulary file; overrides vocabulary when set.', live=True
+    ),
+    ParameterSpec(
+        'input.reliability',
+        'auto',
+        'Image subscription reliability; auto matches the publishers found at activation.',
+        choices=RELIABILITIES,
+    ),
+    ParameterSpec('input.compressed', False, 'Subscribe to image/compressed instead of image.'),
+    ParameterSpec(
+        'input.max_rate_hz',
+        0.0,
+        'Process at most this many frames/s; 0 = all.',
+        (0.0, 1000.0),
+        live=True,
+    ),
+    ParameterSpec(
+        'input.warn_after_s',
+        5.0,
+        'Warn (naming topic and QoS) when no image arrived for this long.',
+        (0.1, 3600.0),
+        live=True,
+    ),
+    ParameterSpec('input.max_pixels', 16_777_216, 'Larger images are rejected.', (1, 40_000_000)),
+    ParameterSpec('depth.enabled', False, 'Subscribe to depth and camera_info for 3D.'),
+    ParameterSpec('depth.scale', 0.001, 'Metres per 16UC1 depth unit.', (1e-6, 1.0)),
+    ParameterSpec(
+        'depth.sync_slop_s', 0.05, 'Largest image/depth stamp difference accepted.', (0.0, 10.0)
+    ),
+    ParameterSpec(
+        'depth.min_points', 20, "Fewest valid depth pixels for an instance's 3D.", (1, 1e9)
+    ),
+    ParameterSpec('find.buffer_size', 8, 'Recent frames kept for the find service.', (1, 1000)),
+    ParameterSpec(
+        'overlay.alpha', 0.5, "Opacity of the overlay's colour fill.", (0.0, 1.0), live=True
+    ),  # fmt: skip
+    ParameterSpec(
+        'diagnostics.period_s', 1.0, 'Period of /diagnostics and rate windows.', (0.05, 60.0)
+    ),
+)
+SPECS = {spec.name: spec for spec in PARAMETERS}
+
+
+class SettingsError(ValueError):
+    """A parameter value the node cannot use; the message names the parameter."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated parameters (see ``PARAMETERS`` for meanings)."""
+
+    model_config: str
+    checkpoint: str | None
+    clip_weights: str | None
+    backend: str
+    device: str
+    precision: str
+    engine_cache_dir: str | None
+    tasks: tuple[str, ...]
+    score_threshold: float
+    object_mask_threshold: float | None
+    overlap_threshold: float | None
+    max_instances: int | None
+    min_area_px: int
+    vocabulary: tuple[str, ...]
+    vocabulary_file: str | None
+    reliability: str
+    compressed: bool
+    max_rate_hz: float
+    warn_after_s: float
+    max_pixels: int
+    depth_enabled: bool
+    depth_scale: float
+    depth_sync_slop_s: float
+    depth_min_points: int
+    find_buffer_size: int
+    overlay_alpha: float
+    diagnostics_period_s: float
+
+    def predictor_options(self) -> dict[str, object]:
+        """Keyword arguments of ``Predictor.from_config``.
+
+        :return: model, weights, backend and inference options; unset ones left out.
+        """
+        options: dict[str, object] = {
+            'model': self.model_config,
+            'checkpoint': self.checkpoint,
+            'clip_weights': self.clip_weights,
+            'device': self.device,
+            'backend': self.backend,
+            'precision': self.precision,
+            'tasks': self.tasks,
+            'score_threshold': self.score_threshold,
+            'min_area_px': self.min_area_px,
+        }
+        optional = {
+            'object_mask_threshold': self.object_mask_threshold,
+            'overlap_threshold': self.overlap_threshold,
+            'max_instances': self.max_instances,
+            # Only the TensorRT backend builds engines.
+            'engine_cache_dir': self.engine_cache_dir if self.backend == 'tensorrt' else None,
+        }
+        options.update({key: value for key, value in optional.items() if value is not None})
+        return options
+
+
+def check_value(name: str, value: object) -> None:
+    """Check one parameter value against its declared range or choices.
+
+    :param name: a name of ``PARAMETERS``.
+    :param value: the value.
+    :raises SettingsError: naming the parameter, the value and what is allowed.
+    """
+    spec = SPECS[name]
+    if spec.choices and value not in spec.choices:
+        raise SettingsError(f'parameter {name}={value!r}: choose one of {", ".join(spec.choices)}')
+    if spec.bounds is not None:
+        low, high = spec.bounds
+        if not low <= value <= high:  # also rejects NaN
+            raise SettingsError(f'parameter {name}={value!r} is outside [{low:g}, {high:g}]')
+
+
+def settings_from_values(values: Mapping[str, object]) -> Settings:
+    """Validate parameter values (as declared, by name) into ``Settings``.
+
+    :param values: every name of ``PARAMETERS`` with its value.
+    :return: the settings.
+    :raises SettingsError: naming the first bad parameter (unknown task, missing vocabulary
+        file, value out of range).
+    """
+    for name, value in values.items():
+        check_value(name, value)
+    tasks = tuple(values['tasks'])
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown or not tasks:
+        raise SettingsError(
+            f'parameter tasks={list(tasks)}: give a non-empty subset of {", ".join(TASKS)}'
+        )
+    vocabulary_file = str(values['vocabulary_file']) or None
+    if vocabulary_file is not None and not Path(vocabulary_file).is_file():
+        raise SettingsError(f'parameter vocabulary_file: no file at {vocabulary_file!r}')
+    checkpoint = str(values['model.checkpoint']) or None
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise SettingsError(f'parameter model.checkpoint: no file at {checkpoint!r}')
+    clip_weights = str(values['model.clip_weights']) or None
+    if clip_weights is not None and not Path(clip_weights).is_file():
+        raise SettingsError(f'parameter model.clip_weights: no file at {clip_weights!r}')
+
+    def optional_threshold(name: str) -> float | None:
+        value = float(values[name])
+        if value < 0:
+            return None
+        return value
+
+    return Settings(
+        model_config=str(values['model.config']),
+        checkpoint=checkpoint,
+        clip_weights=clip_weights,
+        backend=str(values['model.backend']),
+        device=str(values['model.device']),
+        precision=str(values['model.precision']),
+        engine_cache_dir=str(values['model.engine_cache_dir']) or None,
+        tasks=tasks,
+        score_threshold=float(values['score_threshold']),
+        object_mask_threshold=optional_threshold('object_mask_threshold'),
+        overlap_threshold=optional_threshold('overlap_threshold'),
+        max_instances=int(values['max_instances']) or None,
+        min_area_px=int(values['min_area_px']),
+        vocabulary=tuple(values['vocabulary']),
+        vocabulary_file=vocabulary_file,
+        reliability=str(values['input.reliability']),
+        compressed=bool(values['input.compressed']),
+        max_rate_hz=float(values['input.max_rate_hz']),
+        warn_after_s=float(values['input.warn_after_s']),
+        max_pixels=int(values['input.max_pixels']),
+        depth_enabled=bool(values['depth.enabled']),
+        depth_scale=float(values['depth.scale']),
+        depth_sync_slop_s=float(values['depth.sync_slop_s']),
+        depth_min_points=int(values['depth.min_points']),
+        find_buffer_size=int(values['find.buffer_size']),
+        overlay_alpha=float(values['overlay.alpha']),
+        diagnostics_period_s=float(values['diagnostics.period_s']),
+    )

@@ -1,0 +1,421 @@
+"""masqclip_node in its own process, driven over real DDS on loopback by a client node."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip('rclpy')
+pytest.importorskip(
+    'masqclip_ros.msg', reason='masqclip_ros interfaces not built (scripts/setup_ros.sh)'
+)
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from masqclip_ros.msg import (  # noqa: E402
+    InstanceSegmentation,
+    PanopticSegmentation,
+    Vocabulary,
+    VocabularyEntry,
+)
+from masqclip_ros.srv import FindObjects, GetVocabulary, SetVocabulary  # noqa: E402
+from rcl_interfaces.msg import Log  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from ros_testing import LATCHED, Client, NodeProcess, image_msg, stamped  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from visualization_msgs.msg import MarkerArray  # noqa: E402
+
+from masqclip_ros.conversions import array_to_image_msg, image_msg_to_array  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+H, W = 48, 64
+DEPTH_M = 1.25
+NODE = '/masqclip_node'
+QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+
+@pytest.fixture(scope='module')
+def node(tmp_path_factory):
+    process = NodeProcess(
+        tmp_path_factory.mktemp('node') / 'node.log',
+        {
+            'vocabulary': '[mug, table, wall]',
+            'depth.enabled': 'true',
+            'depth.min_points': '5',
+            'depth.sync_slop_s': '0.5',
+            'input.warn_after_s': '1.0',
+            'diagnostics.period_s': '0.5',
+            'input.reliability': 'reliable',
+        },
+    )
+    yield process
+    code = process.stop()
+    assert code == 0, f'node exited with {code}:\n{process.log()[-3000:]}'
+
+
+class Rig:
+    """The client side: publishers, subscriptions recording every message, service clients."""
+
+    def __init__(self, node_process: NodeProcess) -> None:
+        self.process = node_process
+        self.client = Client()
+        n = self.client.node
+        self.image_pub = n.create_publisher(Image, '/image', QOS)
+        self.depth_pub = n.create_publisher(Image, '/depth', QOS)
+        self.info_pub = n.create_publisher(CameraInfo, '/camera_info', QOS)
+        self.vocab_pub = n.create_publisher(Vocabulary, '/vocabulary', LATCHED)
+        self.got: dict[str, list] = {}
+        for name, kind, qos in [
+            ('instances', InstanceSegmentation, QOS),
+            ('semantic', Image, QOS),
+            ('panoptic', PanopticSegmentation, QOS),
+            ('overlay', Image, QOS),
+            ('markers', MarkerArray, QOS),
+            ('semantic/labels', Vocabulary, LATCHED),
+        ]:
+            self.got[name] = []
+            n.create_subscription(kind, f'{NODE}/{name}', self.got[name].append, qos)
+        self.got['detections'] = []
+        vision_msgs = pytest.importorskip('vision_msgs.msg')
+        n.create_subscription(
+            vision_msgs.Detection2DArray, f'{NODE}/detections', self.got['detections'].append, QOS
+        )
+        self.got['rosout'] = []
+        rosout_qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+        rosout_qos.durability = LATCHED.durability
+        n.create_subscription(Log, '/rosout', self.got['rosout'].append, rosout_qos)
+        self.got['diagnostics'] = []
+        n.create_subscription(DiagnosticArray, '/diagnostics', self.got['diagnostics'].append, 10)
+        self.set_vocabulary = n.create_client(SetVocabulary, f'{NODE}/set_vocabulary')
+        self.get_vocabulary = n.create_client(GetVocabulary, f'{NODE}/get_vocabulary')
+        self.find = n.create_client(FindObjects, f'{NODE}/find')
+        self.change_state = n.create_client(ChangeState, f'{NODE}/change_state')
+        self.get_state = n.create_client(GetState, f'{NODE}/get_state')
+        self.sec = 100
+
+    def wait_matched(self) -> None:
+        c = self.client
+        c.spin_until(lambda: self.image_pub.get_subscription_count() > 0, 30,
+                     f'the node to subscribe /image\n{self.process.log()[-2000:]}')  # fmt: skip
+        c.spin_until(lambda: self.depth_pub.get_subscription_count() > 0, 10, 'depth match')
+        c.spin_until(lambda: self.info_pub.get_subscription_count() > 0, 10, 'info match')
+
+    def send(self, encoding: str = 'rgb8') -> int:
+        """Publish camera_info, depth and an image with a fresh stamp; return its seconds."""
+        self.sec += 1
+        info = CameraInfo(header=stamped(self.sec), height=H, width=W)
+        info.k = [50.0, 0.0, W / 2 - 0.5, 0.0, 50.0, H / 2 - 0.5, 0.0, 0.0, 1.0]
+        self.info_pub.publish(info)
+        depth = array_to_image_msg(
+            np.full((H, W), DEPTH_M, np.float32), '32FC1', stamped(self.sec)
+        )
+        self.depth_pub.publish(depth)
+        self.image_pub.publish(image_msg(self.sec, encoding, seed=self.sec))
+        return self.sec
+
+    def wait_for(self, name: str, check, timeout: float = 20.0, resend: bool = True):
+        """Spin (re-sending a frame every 0.5 s) until a ``name`` message satisfies ``check``."""
+        last = [0.0]
+
+        def done() -> bool:
+            if resend and time.monotonic() - last[0] > 0.5:
+                last[0] = time.monotonic()
+                self.send()
+            return any(check(m) for m in self.got[name])
+
+        self.client.spin_until(done, timeout, f'{name} ({self.process.log()[-1500:]})')
+        return next(m for m in self.got[name] if check(m))
+
+    def vocabulary_version(self) -> int:
+        return self.client.call(self.get_vocabulary, GetVocabulary.Request()).vocabulary.version
+
+
+@pytest.fixture(scope='module')
+def rig(node):
+    rig = Rig(node)
+    rig.wait_matched()
+    yield rig
+    rig.client.close()
+
+
+def test_every_output_copies_the_image_header(rig: Rig) -> None:
+    sec = rig.send()
+    stamp_of = {name: (lambda m: m.header.stamp.sec == sec) for name in rig.got}
+    for name in ('instances', 'semantic', 'panoptic', 'overlay', 'detections'):
+        rig.wait_for(name, stamp_of[name], resend=False)
+        msg = next(m for m in rig.got[name] if stamp_of[name](m))
+        assert msg.header.frame_id == 'camera_optical', name
+        assert msg.header.stamp.nanosec == 1000, name
+    overlay = next(m for m in rig.got['overlay'] if m.header.stamp.sec == sec)
+    assert (overlay.encoding, overlay.height, overlay.width) == ('rgb8', H, W)
+    semantic_msg = next(m for m in rig.got['semantic'] if m.header.stamp.sec == sec)
+    semantic = image_msg_to_array(semantic_msg)
+    assert semantic.shape == (H, W) and semantic.dtype == np.uint16
+    assert set(np.unique(semantic).tolist()) <= {0, 1, 2, 65535}
+    panoptic = next(m for m in rig.got['panoptic'] if m.header.stamp.sec == sec)
+    assert panoptic.segment_ids.header.stamp.sec == sec
+    instances = next(m for m in rig.got['instances'] if m.header.stamp.sec == sec)
+    assert (instances.height, instances.width) == (H, W)
+    assert instances.instances, 'test_tiny proposes masks on any image'
+    for inst in instances.instances:
+        assert inst.label in ('mug', 'table', 'wall') and 0.0 <= inst.score <= 1.0
+        assert inst.mask.height == inst.roi.height and inst.mask.width == inst.roi.width
+
+
+def test_3d_from_a_depth_plane_and_markers(rig: Rig) -> None:
+    def with_3d(msg) -> bool:
+        return any(inst.has_3d for inst in msg.instances)
+
+    msg = rig.wait_for('instances', with_3d)
+    for inst in msg.instances:
+        if not inst.has_3d:
+            continue
+        # A fronto-parallel plane: every point has z = DEPTH_M and the box is flat.
+        assert inst.centroid.z == pytest.approx(DEPTH_M, abs=1e-5)
+        assert inst.extent.z == pytest.approx(0.0, abs=1e-5)
+        u = inst.roi.x_offset + inst.roi.width / 2
+        # The centroid's x lies within the ROI's back-projection.
+        x0 = (inst.roi.x_offset - (W / 2 - 0.5)) * DEPTH_M / 50.0
+        x1 = (inst.roi.x_offset + inst.roi.width - 1 - (W / 2 - 0.5)) * DEPTH_M / 50.0
+        assert x0 - 1e-6 <= inst.centroid.x <= x1 + 1e-6, u
+    markers = rig.wait_for('markers', lambda m: len(m.markers) > 1)
+    assert markers.markers[1].pose.position.z == pytest.approx(DEPTH_M, abs=1e-5)
+
+
+def test_every_service_and_vocabulary_change_while_streaming(rig: Rig) -> None:
+    call = rig.client.call
+    before = call(rig.get_vocabulary, GetVocabulary.Request()).vocabulary
+    assert [e.name for e in before.entries] == ['mug', 'table', 'wall'] and before.version >= 1
+
+    stop = threading.Event()
+    # Frames keep streaming from a second thread while the vocabulary changes.
+    streamer = threading.Thread(target=lambda: [rig.send() or time.sleep(0.1)
+                                                for _ in iter(stop.is_set, True)])  # fmt: skip
+    streamer.start()
+    try:
+        request = SetVocabulary.Request(mode=SetVocabulary.Request.REPLACE)
+        request.entries = [VocabularyEntry(name='red mug', synonyms=['red cup']),
+                           VocabularyEntry(name='floor', is_thing=False)]  # fmt: skip
+        answer = call(rig.set_vocabulary, request)
+        assert answer.success, answer.message
+        assert answer.version == before.version + 1 and answer.encode_time_s >= 0.0
+        new = rig.wait_for(
+            'instances', lambda m: m.vocabulary_version == answer.version, resend=False
+        )
+        assert {inst.label for inst in new.instances} <= {'red mug', 'floor'}
+        labels = rig.wait_for(
+            'semantic/labels', lambda m: m.version == answer.version, resend=False
+        )
+        assert [e.name for e in labels.entries] == ['red mug', 'floor']
+
+        add = SetVocabulary.Request(mode=SetVocabulary.Request.ADD,
+                                    entries=[VocabularyEntry(name='bottle')])  # fmt: skip
+        assert call(rig.set_vocabulary, add).version == answer.version + 1
+        remove = SetVocabulary.Request(mode=SetVocabulary.Request.REMOVE,
+                                       entries=[VocabularyEntry(name='floor')])  # fmt: skip
+        removed = call(rig.set_vocabulary, remove)
+        assert removed.success and removed.version == answer.version + 2
+        now = call(rig.get_vocabulary, GetVocabulary.Request()).vocabulary
+        # Indices stay stable on ADD; REMOVE closes the gap.
+        assert [e.name for e in now.entries] == ['red mug', 'bottle']
+
+        replace, remove_mode = SetVocabulary.Request.REPLACE, SetVocabulary.Request.REMOVE
+        cup = VocabularyEntry(name='cup')
+        garbage = [
+            (replace, [VocabularyEntry(name='  ')], 'empty'),
+            (replace, [cup, cup], 'twice'),
+            (replace, [VocabularyEntry(name=f'c{i}') for i in range(5000)], 'more than'),
+            (replace, [], 'empty'),
+            (remove_mode, [VocabularyEntry(name='unicorn')], 'not in'),
+            (7, [cup], 'mode'),
+            (replace, [VocabularyEntry(name='a\x07b')], 'control'),
+        ]
+        for mode, entries, words in garbage:
+            refused = call(rig.set_vocabulary, SetVocabulary.Request(mode=mode, entries=entries))
+            assert not refused.success and words in refused.message, refused.message
+            assert refused.version == removed.version
+        assert rig.vocabulary_version() == removed.version
+
+        # The latched vocabulary topic is a REPLACE too.
+        rig.vocab_pub.publish(Vocabulary(entries=[VocabularyEntry(name='mug'),
+                                                  VocabularyEntry(name='table')]))  # fmt: skip
+        rig.client.spin_until(lambda: rig.vocabulary_version() == removed.version + 1, 20,
+                              'the vocabulary topic to take effect')  # fmt: skip
+    finally:
+        stop.set()
+        streamer.join()
+
+
+def find(rig: Rig, query: str, **fields) -> FindObjects.Response:
+    return rig.client.call(rig.find, FindObjects.Request(query=query, **fields))
+
+
+def test_find_present_absent_negated_and_frames(rig: Rig) -> None:
+    sec = rig.send()
+    rig.wait_for('instances', lambda m: m.header.stamp.sec == sec, resend=False)
+    present = find(rig, 'red mug', frame=FindObjects.Request.LATEST, min_score=0.0)
+    assert present.status == FindObjects.Response.FOUND, present.message
+    assert present.header.stamp.sec >= sec and present.header.frame_id == 'camera_optical'
+    scores = [m.score for m in present.matches]
+    assert scores == sorted(scores, reverse=True) and len(scores) <= 10
+    best = present.matches[0]
+    assert best.label == 'red mug' and best.class_id == -1 and best.mask.width == best.roi.width
+    assert best.has_3d and best.centroid.z == pytest.approx(DEPTH_M, abs=1e-5)
+
+    stamp = present.header.stamp
+    same = dict(frame=FindObjects.Request.STAMP, stamp=stamp, max_results=1)
+    alone = find(rig, 'red mug', **same)
+    # The query's own text as a negative competes for the query's probability mass, so no
+    # score can rise (random test_tiny weights give scores so small that float32 may tie).
+    negated = find(rig, 'red mug', negative_queries=['red mug'], **same)
+    assert alone.header.stamp == negated.header.stamp == stamp
+    assert negated.status in (FindObjects.Response.FOUND, FindObjects.Response.NOT_FOUND)
+    assert (negated.matches[0].score if negated.matches else 0.0) <= alone.matches[0].score
+
+    absent = find(rig, 'unicorn', frame=FindObjects.Request.STAMP, stamp=stamp, min_score=1.0)
+    assert absent.status == FindObjects.Response.NOT_FOUND and not absent.matches
+
+    bare = find(rig, 'red mug', **same, return_masks=False, return_3d=False)
+    assert bare.matches[0].mask.width == 0 and not bare.matches[0].has_3d
+
+    stamp.sec += 100000
+    gone = find(rig, 'red mug', frame=FindObjects.Request.STAMP, stamp=stamp)
+    assert gone.status == FindObjects.Response.NO_FRAME and 'kept' in gone.message
+
+    waited = find(rig, 'red mug', frame=FindObjects.Request.NEXT, timeout_s=0.3)
+    assert waited.status == FindObjects.Response.TIMEOUT, waited.message
+
+    future = rig.find.call_async(FindObjects.Request(query='mug', frame=FindObjects.Request.NEXT,
+                                                     timeout_s=10.0))  # fmt: skip
+    last = [0.0]
+
+    def next_done() -> bool:
+        if time.monotonic() - last[0] > 0.3:
+            last[0] = time.monotonic()
+            rig.send()
+        return future.done()
+
+    rig.client.spin_until(next_done, 15, 'find NEXT')
+    assert future.result().status == FindObjects.Response.FOUND
+    assert future.result().header.stamp.sec > sec
+
+    for bad in (
+        dict(query=''),
+        dict(query='mug', min_score=2.0),
+        dict(query='mug', max_results=0),
+    ):
+        refused = rig.client.call(rig.find, FindObjects.Request(**bad))
+        assert refused.status == FindObjects.Response.ERROR and refused.message
+
+
+def rosout_says(rig: Rig, words: str) -> bool:
+    return any(
+        words in log.msg and log.name.endswith('masqclip_node') for log in rig.got['rosout']
+    )
+
+
+def test_silence_warning_names_topic_and_qos(rig: Rig) -> None:
+    # The node ran for a while before the first image (warn_after_s is 1 s).
+    rig.client.spin_until(lambda: rosout_says(rig, 'no image received'), 20, 'the silence warning')
+    warning = next(log for log in rig.got['rosout'] if 'no image received' in log.msg)
+    assert '/image' in warning.msg and 'reliable' in warning.msg
+
+
+def bad_image(kind: str) -> Image:
+    good = image_msg(1, 'rgb8')
+    if kind == 'encoding':
+        good.encoding = 'yuv422_yuy2'
+    elif kind == 'step':
+        good.step = good.step - 1
+    elif kind == 'short':
+        good.data = good.data[: len(good.data) // 2]
+    elif kind == 'zero':
+        good.height, good.width, good.step, good.data = 0, 0, 0, b''
+    elif kind == 'huge':
+        good.height, good.width, good.step = 100000, 100000, 300000
+    return good
+
+
+@pytest.mark.parametrize(
+    ('kind', 'words'),
+    [
+        ('encoding', 'unsupported camera encoding'),
+        ('step', 'shorter than one row'),
+        ('short', 'expected height x step'),
+        ('zero', 'empty image'),
+        ('huge', 'larger than the limit'),
+    ],
+)
+def test_malformed_images_are_rejected_with_a_reason(rig: Rig, kind: str, words: str) -> None:
+    rig.image_pub.publish(bad_image(kind))
+    rig.client.spin_until(lambda: rosout_says(rig, words), 15, f'a log saying {words!r}')
+    assert any('rejected image on /image' in log.msg for log in rig.got['rosout'])
+
+
+ENCODINGS = ['rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'mono16', '16UC1', '32FC1', 'yuv422', '']
+
+
+@st.composite
+def malformed_images(draw) -> Image:
+    msg = Image()
+    msg.encoding = draw(st.sampled_from(ENCODINGS) | st.text(max_size=12))
+    msg.height = draw(st.integers(0, 70) | st.integers(0, 2**32 - 1))
+    msg.width = draw(st.integers(0, 70) | st.integers(0, 2**32 - 1))
+    msg.step = draw(st.integers(0, 300) | st.integers(0, 2**32 - 1))
+    msg.is_bigendian = draw(st.booleans())
+    msg.data = draw(st.binary(max_size=2048))
+    return msg
+
+
+def test_fuzz_thousands_of_malformed_images_and_the_node_keeps_serving(rig: Rig) -> None:
+    sent = [0]
+
+    @settings(max_examples=2000, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(malformed_images())
+    def publish(msg: Image) -> None:
+        rig.image_pub.publish(msg)
+        sent[0] += 1
+        if sent[0] % 200 == 0:
+            rig.client.executor.spin_once(timeout_sec=0)
+
+    publish()
+    assert sent[0] >= 1000
+    assert rig.process.alive(), rig.process.log()[-3000:]
+    # Still answering services and still segmenting good frames.
+    assert rig.vocabulary_version() >= 1
+    sec = rig.send()
+    rig.wait_for('instances', lambda m: m.header.stamp.sec >= sec)
+
+    def rejected() -> int:
+        for array in reversed(rig.got['diagnostics']):
+            for status in array.status:
+                values = {kv.key: kv.value for kv in status.values}
+                if 'rejected (malformed)' in values:
+                    return int(values['rejected (malformed)'])
+        return 0
+
+    rig.client.spin_until(lambda: rejected() > 100, 15, 'diagnostics counting the rejections')
+
+
+def test_lifecycle_deactivate_and_activate(rig: Rig) -> None:
+    call = rig.client.call
+    state = call(rig.get_state, GetState.Request()).current_state
+    assert state.label == 'active'
+    off = call(rig.change_state, ChangeState.Request(transition=Transition(
+        id=Transition.TRANSITION_DEACTIVATE)))  # fmt: skip
+    assert off.success
+    rig.client.spin_until(lambda: rig.image_pub.get_subscription_count() == 0, 10, 'unsubscribe')
+    # Services still answer from the loaded model.
+    assert rig.vocabulary_version() >= 1
+    on = call(rig.change_state, ChangeState.Request(transition=Transition(
+        id=Transition.TRANSITION_ACTIVATE)))  # fmt: skip
+    assert on.success
+    rig.wait_matched()
+    sec = rig.send()
+    rig.wait_for('instances', lambda m: m.header.stamp.sec >= sec)
