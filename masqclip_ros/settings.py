@@ -34,7 +34,16 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec('model.backend', 'torch', 'Inference backend.', choices=BACKENDS),
     ParameterSpec('model.device', 'cpu', 'Torch device, e.g. cpu or cuda:0.'),
     ParameterSpec('model.precision', 'fp32', 'Numeric precision.', choices=PRECISIONS),
-    ParameterSpec('model.engine_cache_dir', '', 'Folder for built TensorRT engines.'),
+    ParameterSpec(
+        'model.engine_cache_dir',
+        '',
+        'Folder for ONNX exports and TensorRT engines; empty = default.',
+    ),
+    ParameterSpec(
+        'model.input_size',
+        [640, 480],
+        'Camera width, height the onnxruntime/tensorrt backends are exported for.',
+    ),
     ParameterSpec('tasks', list(TASKS), 'Outputs to compute (instance, semantic, panoptic).'),
     ParameterSpec('score_threshold', 0.0, 'Instances scoring lower are dropped.', (0.0, 1.0)),
     ParameterSpec(
@@ -115,6 +124,7 @@ class Settings:
     device: str
     precision: str
     engine_cache_dir: str | None
+    input_size: tuple[int, int]
     tasks: tuple[str, ...]
     score_threshold: float
     object_mask_threshold: float | None
@@ -156,9 +166,10 @@ class Settings:
             'object_mask_threshold': self.object_mask_threshold,
             'overlap_threshold': self.overlap_threshold,
             'max_instances': self.max_instances,
-            # Only the TensorRT backend builds engines.
-            'engine_cache_dir': self.engine_cache_dir if self.backend == 'tensorrt' else None,
+            'engine_cache_dir': self.engine_cache_dir,
         }
+        if self.backend != 'torch':  # exported backends run at a fixed (H, W)
+            options['frame_size'] = (self.input_size[1], self.input_size[0])
         options.update({key: value for key, value in optional.items() if value is not None})
         return options
 
@@ -198,6 +209,11 @@ def settings_from_values(values: Mapping[str, object]) -> Settings:
     vocabulary_file = str(values['vocabulary_file']) or None
     if vocabulary_file is not None and not Path(vocabulary_file).is_file():
         raise SettingsError(f'parameter vocabulary_file: no file at {vocabulary_file!r}')
+    input_size = tuple(int(v) for v in values['model.input_size'])
+    if len(input_size) != 2 or min(input_size) < 16:
+        raise SettingsError(
+            f'parameter model.input_size={list(input_size)}: give [width, height] of the camera'
+        )
     checkpoint = str(values['model.checkpoint']) or None
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise SettingsError(f'parameter model.checkpoint: no file at {checkpoint!r}')
@@ -219,6 +235,7 @@ def settings_from_values(values: Mapping[str, object]) -> Settings:
         device=str(values['model.device']),
         precision=str(values['model.precision']),
         engine_cache_dir=str(values['model.engine_cache_dir']) or None,
+        input_size=input_size,
         tasks=tasks,
         score_threshold=float(values['score_threshold']),
         object_mask_threshold=optional_threshold('object_mask_threshold'),
