@@ -20,6 +20,10 @@ COMMANDS = {
         'masqclip.training.cli',
         'train MasQCLIP: stage1 (proposer distillation) | stage2 (MasQ-Tuning)',
     ),
+    'train-clip': (
+        'masqclip.training.clip_pretrain',
+        'contrastive CLIP pretraining of the demo model on procedural scenes',
+    ),
     'eval': (
         'masqclip.training.evaluate',
         'evaluate a checkpoint: mask AP, PQ, mIoU (all/base/novel), proposal recall',

@@ -249,7 +249,7 @@ def _pattern(
     if pattern == 'striped':
         return (u / period + pu) % 1 < 0.5
     if pattern == 'checkered':
-        cell = period * np.float32(0.7)
+        cell = period  # twice the stripe width: tells the two apart at 64 px
         return (np.floor(u / cell + pu) + np.floor(v / cell + pv)) % 2 == 0
     du = (u / period + pu) % 1 - 0.5
     dv = (v / period + pv) % 1 - 0.5
