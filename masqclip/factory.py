@@ -37,19 +37,12 @@ def get_model_config(name: str) -> dict:
         raise ModelConfigError(f'{path} is not valid JSON: {error}') from error
 
 
-def build_model_from_config(config: dict, q_proj_init: str = 'random') -> MasQCLIP:
-    """Assemble a randomly initialised MasQCLIP from an architecture config.
-
-    :param q_proj_init: 'random' (the reference, method.md trap 1) or 'clip' (copy CLIP's own
-        query projections, the MaskCLIP-equivalent start).
-    """
-    if q_proj_init not in ('random', 'clip'):
-        raise ModelConfigError(f"q_proj_init must be 'random' or 'clip', got {q_proj_init!r}")
+def build_model_from_config(config: dict) -> MasQCLIP:
+    """Assemble a randomly initialised MasQCLIP from an architecture config."""
     clip = build_clip(config['clip'])
-    mask_clip = MaskCLIPVisual(clip.visual)
-    if q_proj_init == 'clip':
-        mask_clip.copy_clip_q_proj()
-    return MasQCLIP(build_proposer(config['proposer']), mask_clip, TextEncoder(clip))
+    return MasQCLIP(
+        build_proposer(config['proposer']), MaskCLIPVisual(clip.visual), TextEncoder(clip)
+    )
 
 
 def build_model(
@@ -58,15 +51,20 @@ def build_model(
     clip_weights: str | Path | None = None,
     q_proj_init: str = 'random',
 ) -> tuple[MasQCLIP, dict]:
-    """Build a MasQCLIP and load its weights.
+    """Build a MasQCLIP and load its weights, in this order: the checkpoint, then CLIP weights
+    over its CLIP towers, then the mask tokens' query projections.
 
     :param model: architecture name or JSON path; None takes the one stored in ``checkpoint``.
     :param checkpoint: a checkpoint of this project (every weight of the model).
-    :param clip_weights: CLIP weights for a model without a checkpoint: 'openai' (open_clip
-        downloads them where the internet is reachable) or a local file.
-    :param q_proj_init: see ``build_model_from_config``.
+    :param clip_weights: CLIP weights replacing the towers': 'openai' (open_clip downloads
+        them where the internet is reachable) or a local file.
+    :param q_proj_init: 'random' keeps the query projections as built or loaded (random init is
+        the reference, method.md trap 1); 'clip' copies CLIP's own (the MaskCLIP-equivalent
+        start).
     :return: the model (eval mode, on the CPU) and its architecture config.
     """
+    if q_proj_init not in ('random', 'clip'):
+        raise ModelConfigError(f"q_proj_init must be 'random' or 'clip', got {q_proj_init!r}")
     state_dict = None
     if checkpoint is not None:
         stored_config, state_dict = load_checkpoint(checkpoint)
@@ -75,11 +73,7 @@ def build_model(
         raise ModelConfigError('give a model name or a checkpoint')
     else:
         config = get_model_config(model)
-    network = build_model_from_config(config, q_proj_init)
-    if clip_weights is not None:
-        load_clip_weights(network, clip_weights, config)
-        if q_proj_init == 'clip':
-            network.mask_clip.copy_clip_q_proj()
+    network = build_model_from_config(config)
     if state_dict is not None:
         try:
             network.load_state_dict(state_dict, strict=True)
@@ -88,4 +82,8 @@ def build_model(
                 f'checkpoint {checkpoint} does not fit the architecture {model!r}; leave the '
                 f'model name out to use the one stored in the checkpoint ({str(error)[:300]})'
             ) from error
+    if clip_weights is not None:
+        load_clip_weights(network, clip_weights, config)
+    if q_proj_init == 'clip':
+        network.mask_clip.copy_clip_q_proj()
     return network.eval(), config

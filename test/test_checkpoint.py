@@ -134,3 +134,26 @@ def test_upstream_conversion_loads_strictly_and_matches_direct_placement(tiny_mo
     direct.text.load_clip_state_dict(clip_sd)
     assert_same_outputs(converted.eval(), direct.eval())
     assert 'criterion.empty_weight' in upstream
+
+
+def test_clip_weights_and_q_proj_init_apply_over_a_checkpoint(tiny_model, tmp_path):
+    network, config = tiny_model
+    checkpoint = tmp_path / 'model.pt'
+    save_checkpoint(checkpoint, network, config)
+    torch.manual_seed(9)
+    clip = build_clip(config['clip'])
+    clip_path = tmp_path / 'clip.pt'
+    torch.save(clip.state_dict(), clip_path)
+    rebuilt, _ = build_model(
+        None, checkpoint=checkpoint, clip_weights=clip_path, q_proj_init='clip'
+    )
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            rebuilt.mask_clip.encode_image(x), clip.encode_image(x, normalize=True)
+        )
+    width = config['clip']['vision_cfg']['width']
+    first_block = clip.visual.transformer.resblocks[0].attn.in_proj_weight[:width]
+    torch.testing.assert_close(rebuilt.mask_clip.new_q_proj[0].weight.data, first_block)
+    for name, tensor in network.proposer.state_dict().items():  # the proposer is the checkpoint's
+        torch.testing.assert_close(rebuilt.proposer.state_dict()[name], tensor)
