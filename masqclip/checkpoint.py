@@ -7,6 +7,8 @@ go through ``convert_upstream_checkpoint`` once, never through the node.
 
 from __future__ import annotations
 
+import gzip
+import io
 import logging
 import os
 import re
@@ -36,27 +38,57 @@ class CheckpointError(RuntimeError):
     """Weights that cannot be loaded; the message says what to do."""
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, config: dict, **extra: object) -> None:
-    """Write ``model``'s weights with its architecture config, atomically (a crash mid-write
-    never leaves a truncated file under ``path``).
+def cast_floating(state_dict: Mapping[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
+    """A CPU copy of ``state_dict`` with its floating-point tensors in ``dtype`` (float16
+    halves a shipped file; loading casts back to the model's own dtype)."""
+    return {
+        key: value.detach().to('cpu', dtype) if value.is_floating_point() else value.cpu()
+        for key, value in state_dict.items()
+    }
 
-    :param extra: further plain entries (training step, metrics, ...).
-    """
+
+def write_atomically(path: str | Path, data: object) -> None:
+    """``torch.save`` to ``path`` through a temporary file, so a crash mid-write never leaves a
+    truncated file under ``path``; gzip-compressed when ``path`` ends in ``.gz``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + '.tmp')
-    torch.save({'format': FORMAT, 'config': config, 'model': model.state_dict(), **extra}, tmp)
+    if path.suffix == '.gz':
+        buffer = io.BytesIO()
+        torch.save(data, buffer)
+        with gzip.open(tmp, 'wb') as file:
+            file.write(buffer.getvalue())
+    else:
+        torch.save(data, tmp)
     os.replace(tmp, path)
 
 
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    config: dict,
+    dtype: torch.dtype = torch.float32,
+    **extra: object,
+) -> None:
+    """Write ``model``'s weights with its architecture config (see ``write_atomically``).
+
+    :param dtype: storage type of the floating-point weights.
+    :param extra: further plain entries (training step, metrics, ...).
+    """
+    state_dict = cast_floating(model.state_dict(), dtype)
+    write_atomically(path, {'format': FORMAT, 'config': config, 'model': state_dict, **extra})
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint file of this project as a dict (tensors and plain types only)."""
+    """Load a checkpoint file of this project (``.gz`` too) as a dict of tensors and plain
+    types."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'checkpoint {path} not found; {WEIGHTS_HELP}')
     try:
-        data = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as error:  # torch raises many types for a corrupt or foreign file
+        source = io.BytesIO(gzip.decompress(path.read_bytes())) if path.suffix == '.gz' else path
+        data = torch.load(source, map_location='cpu', weights_only=True)
+    except Exception as error:  # torch and gzip raise many types for a corrupt file
         raise CheckpointError(
             f'{path} is not a readable masqclip_ros checkpoint ({type(error).__name__}: '
             f'{str(error)[:200]}). If it is an upstream MasQCLIP .pth, convert it with '

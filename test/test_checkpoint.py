@@ -157,3 +157,16 @@ def test_clip_weights_and_q_proj_init_apply_over_a_checkpoint(tiny_model, tmp_pa
     torch.testing.assert_close(rebuilt.mask_clip.new_q_proj[0].weight.data, first_block)
     for name, tensor in network.proposer.state_dict().items():  # the proposer is the checkpoint's
         torch.testing.assert_close(rebuilt.proposer.state_dict()[name], tensor)
+
+
+def test_half_precision_gzip_checkpoint_loads_into_float32(tiny_model, tmp_path):
+    network, config = tiny_model
+    plain, packed = tmp_path / 'model.pt', tmp_path / 'model.pt.gz'
+    save_checkpoint(plain, network, config)
+    save_checkpoint(packed, network, config, dtype=torch.float16)
+    assert packed.stat().st_size < plain.stat().st_size / 2
+    loaded, _ = build_model(None, checkpoint=packed)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    with torch.no_grad():
+        for x, y in zip(network(images()), loaded(images()), strict=True):
+            torch.testing.assert_close(x, y, rtol=0, atol=0.05)

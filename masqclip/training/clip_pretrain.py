@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from open_clip.tokenizer import SimpleTokenizer
 from torch import Tensor
 
+from masqclip.checkpoint import cast_floating, write_atomically
 from masqclip.data.synthetic import CATEGORIES, STUFF_NAMES, THING_NAMES, SceneCfg, generate_scene
 from masqclip.factory import get_model_config
 from masqclip.modeling.mask_clip import build_clip
@@ -266,16 +266,7 @@ def save_clip_weights(path: Path, clip: open_clip.CLIP, dtype: str) -> None:
     """
     if dtype not in ('float32', 'float16'):
         raise RecipeError(f"weights_dtype must be 'float32' or 'float16', got {dtype!r}")
-    state = {
-        k: v.detach().to('cpu', getattr(torch, dtype))
-        if v.is_floating_point()
-        else v.detach().cpu()
-        for k, v in clip.state_dict().items()
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, cast_floating(clip.state_dict(), getattr(torch, dtype)))
 
 
 def train_clip(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
