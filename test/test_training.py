@@ -1,5 +1,6 @@
 """Tests of the training code: matching, losses, pseudo-labels, stage-2 assignment, recipes,
-and short end-to-end runs of both stages on a generated dataset (CPU, test_tiny)."""
+batch splitting (accumulation, and the sums DDP relies on), and short end-to-end runs of both
+stages on a generated dataset (CPU, test_tiny). Several processes: test_distributed.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 
 from masqclip.data.synthetic import SceneCfg, write_dataset
 from masqclip.factory import build_model
-from masqclip.training import cli
+from masqclip.training import cli, engine
+from masqclip.training.data import StreamSampler
 from masqclip.training.losses import (
     CriterionCfg,
     MatcherCfg,
@@ -20,7 +22,11 @@ from masqclip.training.losses import (
     hungarian_match,
     sigmoid_ce_loss,
 )
-from masqclip.training.masq_tuning import assign_proposals, classification_loss
+from masqclip.training.masq_tuning import (
+    assign_proposals,
+    classification_loss,
+    classification_weight,
+)
 from masqclip.training.pseudo_labels import PseudoLabelCfg, select_pseudo_masks, teacher_masks
 from masqclip.training.recipe import RecipeError, apply_overrides, load_recipe
 from masqclip.training.stage2 import trainable_parameters
@@ -112,6 +118,101 @@ def test_criterion_deep_supervision_adds_aux_losses() -> None:
     # Three equal predictions: three terms of the same expected value (the sampled points,
     # hence the dice, differ a little between them).
     assert deep.item() == pytest.approx(3 * single.item(), rel=0.05)
+
+
+def split_outputs(outputs: dict, b: int) -> dict:
+    """Image b's share of a proposer output dict (auxiliary predictions included)."""
+    one = {k: outputs[k][b : b + 1] for k in ('pred_logits', 'pred_masks')}
+    one['aux_outputs'] = [split_outputs(aux, b) for aux in outputs.get('aux_outputs', [])]
+    return one
+
+
+def test_criterion_on_split_batch_equals_whole_batch() -> None:
+    # Two images with different numbers of targets: per-micro-batch means would differ from
+    # the whole batch's; sums over the micro-batches' mean counts do not.
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 2, requires_grad=True)
+    masks = torch.randn(2, 4, 8, 8, requires_grad=True)
+    outputs = {'pred_logits': logits, 'pred_masks': masks}
+    outputs['aux_outputs'] = [{'pred_logits': logits * 0.5, 'pred_masks': masks * 2}]
+    targets = [
+        box_mask(16, 16, 0, 8, 0, 8)[None],
+        torch.stack([box_mask(16, 16, 0, 4, 0, 16), box_mask(16, 16, 8, 16, 0, 8)]),
+    ]
+    cfg = CriterionCfg(num_points=32)
+    criterion = SetCriterion(MatcherCfg(num_points=32), cfg)
+
+    def generators() -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(s) for s in (11, 12)]
+
+    whole, whole_parts = criterion(outputs, targets, generators())
+    (grad_whole,) = torch.autograd.grad(whole, masks, retain_graph=True)
+    per_image = [criterion.counts([t], 4) for t in targets]
+    mean_counts = {k: (per_image[0][k] + per_image[1][k]) / 2 for k in per_image[0]}
+    assert mean_counts == {'masks': 1.5, 'class_weight': pytest.approx((3 + 0.1 * 5) / 2)}
+    halves = [
+        criterion(split_outputs(outputs, b), [targets[b]], [generators()[b]], mean_counts)
+        for b in (0, 1)
+    ]
+    split = (halves[0][0] + halves[1][0]) / 2  # what DDP's gradient averaging computes
+    (grad_split,) = torch.autograd.grad(split, masks)
+    assert split.item() == pytest.approx(whole.item(), rel=1e-5)
+    torch.testing.assert_close(grad_split, grad_whole)
+    for key, value in whole_parts.items():
+        assert (halves[0][1][key] + halves[1][1][key]) / 2 == pytest.approx(value, rel=1e-5)
+
+
+def test_classification_loss_on_split_batch_equals_whole_batch() -> None:
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    embeddings = torch.nn.functional.normalize(torch.randn(2, 5, 8), dim=-1)
+    labels = torch.tensor([[0, 3, 3, 3, 3], [1, 2, 0, 3, 3]])  # 1 vs 3 assigned, 3 = background
+    whole = classification_loss(embeddings, text, labels, 0.1)
+    weights = [classification_weight(labels[b : b + 1], 3, 0.1) for b in (0, 1)]
+    assert weights == [pytest.approx(1.4), pytest.approx(3.2)]
+    mean_weight = sum(weights) / 2
+    halves = [
+        classification_loss(embeddings[b : b + 1], text, labels[b : b + 1], 0.1, mean_weight)
+        for b in (0, 1)
+    ]
+    assert ((halves[0] + halves[1]) / 2).item() == pytest.approx(whole.item(), rel=1e-6)
+    # Each half's own weighted mean, averaged, is a different (wrong) number.
+    own = [classification_loss(embeddings[b : b + 1], text, labels[b : b + 1]) for b in (0, 1)]
+    assert ((own[0] + own[1]) / 2).item() != pytest.approx(whole.item(), rel=1e-3)
+
+
+@pytest.mark.parametrize(('world', 'accum'), [(1, 1), (2, 1), (1, 3), (2, 3)])
+def test_stream_sampler_global_batch_does_not_depend_on_the_split(world: int, accum: int) -> None:
+    global_batch, steps, start_step = 6, 3, 2
+    micro = global_batch // (world * accum)
+    per_rank = []
+    for rank in range(world):
+        sampler = StreamSampler(5, 0, start_step * global_batch, rank, world)
+        stream = iter(sampler)
+        per_rank.append([next(stream) for _ in range(steps * accum * micro)])
+    for step in range(steps):
+        chunk = slice(step * accum * micro, (step + 1) * accum * micro)
+        seen = sorted(item for items in per_rank for item in items[chunk])
+        positions = range(
+            (start_step + step) * global_batch, (start_step + step + 1) * global_batch
+        )
+        whole = iter(StreamSampler(5, 0, positions[0]))
+        assert seen == sorted(next(whole) for _ in positions)
+        assert sorted(p for _, p in seen) == list(positions)
+
+
+def test_per_device_batch_and_precision_errors() -> None:
+    assert engine.per_device_batch({'batch_size': 8, 'grad_accum_steps': 4}) == 2
+    assert engine.per_device_batch({'batch_size': 8}) == 8  # recipes without the key
+    with pytest.raises(RecipeError, match=r'student.batch_size=6 is the global batch.* = 4'):
+        engine.per_device_batch({'batch_size': 6, 'grad_accum_steps': 4}, 'student')
+    with pytest.raises(RecipeError, match='grad_accum_steps must be >= 1'):
+        engine.per_device_batch({'batch_size': 6, 'grad_accum_steps': 0})
+    with pytest.raises(RecipeError, match='fp16 runs on CUDA only'):
+        engine.autocast(torch.device('cpu'), 'fp16')
+    with pytest.raises(RecipeError, match='must be one of'):
+        engine.autocast(torch.device('cpu'), 'fp8')
+    assert not engine.make_grad_scaler(torch.device('cpu'), 'bf16').is_enabled()
 
 
 # --- pseudo-labels -----------------------------------------------------------------------------
@@ -380,3 +481,25 @@ def test_stage2_run_and_exact_resume(stage1_run: Path, dataset_root: Path, tmp_p
     again, _ = build_model(None, checkpoint=resumed / 'model.pt')
     for a, b in zip(tuned.mask_clip.parameters(), again.mask_clip.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+
+    # The same 2 images per step, in 2 micro-batches of 1: the same weights and losses.
+    accumulated = tmp_path / 'accumulated'
+    assert (
+        run_stage2(
+            accumulated,
+            dataset_root,
+            stage1_run,
+            'train.steps=2',
+            'train.grad_accum_steps=2',
+            'eval.annotations=',
+        )
+        == 0
+    )
+    summed, _ = build_model(None, checkpoint=accumulated / 'model.pt')
+    for a, b in zip(tuned.mask_clip.parameters(), summed.mask_clip.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4)
+    for straight_row, row in zip(
+        read_csv(straight / 'metrics.csv'), read_csv(accumulated / 'metrics.csv'), strict=True
+    ):
+        for key in ('loss', 'grad_norm', 'assigned'):
+            assert float(row[key]) == pytest.approx(float(straight_row[key]), rel=1e-4), key

@@ -5,6 +5,10 @@ A recipe (``masqclip/recipes/<name>.yaml`` or a YAML file) holds every setting; 
 arguments override them (``train.steps=2000 data.root=/data/synth``). The resolved recipe is
 saved as ``DIR/config.yaml`` beside the checkpoints; ``--resume`` continues the run in
 ``DIR`` from its ``last.pt`` with that saved recipe (overrides still apply, e.g. more steps).
+
+The same command runs on several GPUs or machines under torchrun, e.g.
+``torchrun --standalone --nproc-per-node 8 -m masqclip.training.cli stage1 ...``
+(docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from masqclip.training import distributed
 from masqclip.training.recipe import list_recipes
 
 # stage -> (module, training function, default recipe)
@@ -69,8 +74,12 @@ def run(args: argparse.Namespace) -> int:
             f'use `masqclip train {recipe.get("stage")}` or another --recipe'
         )
     train = getattr(importlib.import_module(module_name), function)
-    final = train(recipe, run_dir, resume=args.resume)
-    print(f'{args.stage} done: weights in {final}, metrics and curves in {run_dir}')
+    try:
+        final = train(recipe, run_dir, resume=args.resume)
+        if distributed.is_main_process():
+            print(f'{args.stage} done: weights in {final}, metrics and curves in {run_dir}')
+    finally:
+        distributed.shutdown()  # leave the process group the training joined (torchrun)
     return 0
 
 
@@ -87,7 +96,9 @@ def run_command(
     try:
         return run_fn(args)
     except (ValueError, RuntimeError, OSError) as error:
-        print(f'{parser.prog}: error: {error}', file=sys.stderr)
+        rank = distributed.rank_and_world()[0]
+        where = f' (rank {rank})' if distributed.is_distributed() else ''
+        print(f'{parser.prog}: error{where}: {error}', file=sys.stderr)
         return 2
 
 

@@ -2,9 +2,12 @@
 and an endless, resumable, shardable sampler.
 
 The sampler hands the dataset (image index, stream position) pairs; the augmentation of a
-sample is drawn from a generator seeded by (seed, stream position), so a run resumed at step
-k sees exactly the images and crops an uninterrupted run would have, and under DDP each rank
-takes every world_size-th position of one shared stream.
+sample is drawn from a generator seeded by (seed, stream position), and so are the random
+points its loss samples (``Batch.generators``). Optimiser step s consumes positions
+[s x global batch, (s + 1) x global batch) whatever the number of processes and accumulation
+steps: each of the world_size x accumulation micro-batches takes a disjoint share. So a run
+resumed at step k sees exactly the images, crops and points an uninterrupted run would have,
+and a run on N processes computes the same global batch as one process does.
 """
 
 from __future__ import annotations
@@ -99,6 +102,14 @@ def lsj_from_recipe(data: Mapping[str, Any]) -> LsjCfg:
     )
 
 
+def sample_seed(seed: int, position: int) -> int:
+    """The seed of one sample's random choices during training (loss points, pseudo-label
+    points), from the run's seed and the sample's stream position (not from any process's
+    generator, so the choices do not depend on which rank computes the sample)."""
+    # 63 bits: the seed travels in an int64 tensor through the data loader.
+    return int(np.random.SeedSequence([seed, position, 1]).generate_state(1, np.uint64)[0] >> 1)
+
+
 class AugmentedSegments(Dataset):
     """LSJ-augmented images with their (non-crowd, non-empty) masks and class indices.
 
@@ -106,7 +117,7 @@ class AugmentedSegments(Dataset):
 
     :param dataset: the records.
     :param lsj: the augmentation.
-    :param seed: with the stream position, seeds each sample's augmentation.
+    :param seed: with the stream position, seeds each sample's augmentation and loss points.
     """
 
     def __init__(self, dataset: CocoDataset, lsj: LsjCfg, seed: int) -> None:
@@ -135,6 +146,7 @@ class AugmentedSegments(Dataset):
             'image': torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             'masks': torch.from_numpy(masks[visible]),
             'labels': torch.from_numpy(labels[visible]),
+            'seed': torch.tensor(sample_seed(self.seed, position), dtype=torch.int64),
         }
 
 
@@ -146,6 +158,9 @@ class StreamSampler(Sampler):
     :param start: the first stream position to yield (steps done x global batch size).
     :param rank: this process's rank.
     :param world_size: number of processes; rank r yields positions r, r + world_size, ...
+        (a disjoint shard: batching b consecutive yields, rank r's micro-batch k holds
+        positions r + world_size x (k x b + j), j < b, which with a micro-batches per step
+        all belong to optimiser step k // a's global batch).
     """
 
     def __init__(
@@ -175,26 +190,35 @@ class Batch:
     :param images: float [B, 3, S, S], RGB 0-255 (padding 128).
     :param masks: B bool tensors [N_b, S, S].
     :param labels: B int64 tensors [N_b], class indices in the dataset's category order.
+    :param seeds: int64 [B], each sample's ``sample_seed``.
     """
 
     images: Tensor
     masks: list[Tensor]
     labels: list[Tensor]
+    seeds: Tensor
 
     def to(self, device: torch.device) -> Batch:
         return Batch(
             self.images.to(device),
             [m.to(device) for m in self.masks],
             [lab.to(device) for lab in self.labels],
+            self.seeds,
         )
+
+    def generators(self, device: torch.device) -> list[torch.Generator]:
+        """One random generator per sample on ``device``, seeded by its ``sample_seed``: the
+        source of every point the sample's pseudo-labels and losses draw."""
+        return [torch.Generator(device).manual_seed(int(s)) for s in self.seeds.tolist()]
 
 
 def collate(samples: list[dict[str, Tensor]]) -> Batch:
-    """Stack the images; keep masks and labels per image."""
+    """Stack the images and seeds; keep masks and labels per image."""
     return Batch(
         torch.stack([s['image'] for s in samples]).float(),
         [s['masks'] for s in samples],
         [s['labels'] for s in samples],
+        torch.stack([s['seed'] for s in samples]),
     )
 
 
@@ -206,15 +230,16 @@ def make_loader(
     num_workers: int,
     rank: int = 0,
     world_size: int = 1,
+    accum_steps: int = 1,
 ) -> Iterator[Batch]:
-    """An endless iterator of batches starting at ``start_step``.
+    """An endless iterator of micro-batches starting at optimiser step ``start_step``.
 
-    :param batch_size: images per process and step.
-    :param start_step: steps already done (resume).
+    :param batch_size: images per process and micro-batch (the per-device batch).
+    :param start_step: optimiser steps already done (resume).
+    :param accum_steps: micro-batches per process and optimiser step.
     """
-    sampler = StreamSampler(
-        len(dataset), seed, start_step * batch_size * world_size, rank, world_size
-    )
+    global_batch = batch_size * world_size * accum_steps
+    sampler = StreamSampler(len(dataset), seed, start_step * global_batch, rank, world_size)
     return iter(
         DataLoader(
             dataset,

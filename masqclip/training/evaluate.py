@@ -5,6 +5,11 @@ Command line (``masqclip eval``)::
 
     masqclip eval --checkpoint runs/stage2/model.pt --data-root DIR \\
         --annotations annotations/instances_instances25.json --split split.json
+
+Under torchrun (``torchrun --nproc-per-node N -m masqclip.training.evaluate ...``, or
+during a distributed training) each rank evaluates every N-th image; the evaluators' states
+are gathered on rank 0, merged and scored there, and the metrics sent back to every rank, so
+they equal a single process's on the same images.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from masqclip.inference.predictor import TASKS, Predictor
 from masqclip.inference.transforms import image_to_tensor, mask_logits_to_image, plan_resize
 from masqclip.inference.vocabulary import Vocabulary, VocabularyEntry
 from masqclip.modeling.masqclip import MasQCLIP
+from masqclip.training import distributed
 from masqclip.training.data import load_category_split, load_dataset
 
 logger = logging.getLogger('masqclip')
@@ -54,6 +60,8 @@ def proposal_recall(
     """Fraction of ground-truth objects some proposal covers with IoU >= t (all Q proposals,
     binarised at logit > 0, at the image size); novel recall is what distillation targets.
 
+    Under DDP each rank takes a share of the images and the tallies are summed.
+
     :param max_images: evaluate the first N images (0 = all).
     :return: ``proposals/recall50`` etc., with ``_base`` / ``_novel`` when a split is given
         (NaN when no such object occurs).
@@ -68,7 +76,7 @@ def proposal_recall(
     hits = {(t, g): 0 for t in iou_thresholds for g in groups}
     counts = dict.fromkeys(groups, 0)
     records = dataset.records[:max_images] if max_images else dataset.records
-    for record in records:
+    for record in distributed.shard(records):
         image = record.load_image()
         spec = plan_resize(
             *image.shape[:2], pre['min_size'], pre['max_size'], pre['size_divisibility']
@@ -90,6 +98,12 @@ def proposal_recall(
                     for t in iou_thresholds:
                         hits[t, group] += int(best[j] >= t)
     network.proposer.train(was_training)
+    # One sum over the ranks; float64 keeps the integer tallies exact.
+    tallies = distributed.all_reduce_sums(
+        {f'hits{t}{g}': hits[t, g] for t, g in hits} | {f'count{g}': counts[g] for g in counts}
+    )
+    hits = {(t, g): tallies[f'hits{t}{g}'] for t, g in hits}
+    counts = {g: tallies[f'count{g}'] for g in counts}
     return {
         f'{PROPOSALS}/recall{round(t * 100)}{g}': hits[t, g] / counts[g]
         if counts[g]
@@ -111,6 +125,9 @@ def evaluate_segmentation(
 ) -> dict[str, float]:
     """Segment the dataset's images with its own categories as the vocabulary and score them.
 
+    Under DDP each rank segments a share of the images; rank 0 merges the evaluators and
+    scores them, and every rank returns its metrics.
+
     :param tasks: subset of ('instance', 'semantic', 'panoptic'); semantic and panoptic need
         a panoptic dataset.
     :param max_images: evaluate the first N images (0 = all).
@@ -120,10 +137,27 @@ def evaluate_segmentation(
     predictor.set_vocabulary(dataset_vocabulary(dataset))
     evaluator = SegmentationEvaluator(dataset.categories, split)
     records = dataset.records[:max_images] if max_images else dataset.records
-    for record in tqdm(records, desc='evaluating', disable=not show_progress, leave=False):
+    shown = show_progress and distributed.is_main_process()
+    for record in tqdm(
+        distributed.shard(records), desc='evaluating', disable=not shown, leave=False
+    ):
         result = predictor.predict(record.load_image(), tasks=tasks)
         evaluator.add_result(record, result, with_instances='instance' in tasks)
-    return evaluator.evaluate()
+    return distributed.broadcast_from_main(merged_metrics(evaluator))
+
+
+def merged_metrics(evaluator: SegmentationEvaluator) -> dict[str, float] | None:
+    """The metrics of every rank's evaluator merged, on rank 0 (None on the other ranks).
+
+    :param evaluator: this rank's, holding its share of the images.
+    """
+    gathered = distributed.gather_to_main(evaluator)
+    if gathered is None:
+        return None
+    merged = gathered[0]
+    for other in gathered[1:]:
+        merged.merge(other)
+    return merged.evaluate()
 
 
 def evaluate(
@@ -179,7 +213,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='comma list of instance, semantic, panoptic, proposals (default: instance)',
     )
     parser.add_argument('--max-images', type=int, default=0, help='first N images (0 = all)')
-    parser.add_argument('--device', default='cpu', help='cpu, cuda, ... (%(default)s)')
+    parser.add_argument(
+        '--device',
+        default='cpu',
+        help='cpu, cuda, auto, cuda:1 (%(default)s); under torchrun cuda = GPU LOCAL_RANK',
+    )
     parser.add_argument('--out', help='write the metrics to this JSON file as well')
 
 
@@ -192,19 +230,24 @@ def run(args: argparse.Namespace) -> int:
         'panoptic': args.panoptic,
         'split': args.split,
     }
-    dataset = load_dataset(data)
-    split = load_category_split(data)
-    network, config = build_model(None, checkpoint=args.checkpoint)
-    metrics = evaluate(
-        network,
-        config,
-        dataset,
-        split,
-        args.tasks,
-        args.max_images,
-        args.device,
-        show_progress=True,
-    )
+    try:
+        device = distributed.setup_device(args.device)
+        network, config = build_model(None, checkpoint=args.checkpoint)
+        metrics = evaluate(
+            network,
+            config,
+            load_dataset(data),
+            load_category_split(data),
+            args.tasks,
+            args.max_images,
+            device,
+            show_progress=True,
+        )
+        main_process = distributed.is_main_process()
+    finally:
+        distributed.shutdown()  # leave the process group joined under torchrun
+    if not main_process:
+        return 0
     for key, value in metrics.items():
         print(f'{key:32s} {100 * value:7.2f}' if np.isfinite(value) else f'{key:32s}     n/a')
     if args.out:

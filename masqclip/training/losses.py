@@ -11,7 +11,7 @@ the input) and ground truth (input resolution) never need resizing to each other
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -132,7 +132,7 @@ def hungarian_match(
     pred_masks: Tensor,
     targets: Sequence[Tensor],
     cfg: MatcherCfg,
-    generator: torch.Generator | None = None,
+    generators: Sequence[torch.Generator] | None = None,
 ) -> list[tuple[Tensor, Tensor]]:
     """One-to-one assignment of queries to ground-truth masks, per image.
 
@@ -141,7 +141,8 @@ def hungarian_match(
     :param targets: B bool or float tensors [N_b, H, W] of ground-truth masks (every label is
         "object").
     :param cfg: the costs.
-    :param generator: random source of the points.
+    :param generators: B random sources of the points, one per image (None: torch's global
+        one).
     :return: per image (query indices, target indices), int64 [M_b] each, M_b = min(Q, N_b).
     """
     matches = []
@@ -153,6 +154,7 @@ def hungarian_match(
         out_mask = pred_masks[b][:, None].float()
         tgt_mask = gt[:, None].to(out_mask)
         # One point set shared by predictions and targets, so the costs compare like with like.
+        generator = generators[b] if generators is not None else None
         coords = torch.rand(1, cfg.num_points, 2, generator=generator, device=out_mask.device)
         out_points = point_sample(out_mask, coords.expand(out_mask.shape[0], -1, -1))[:, 0]
         tgt_points = point_sample(tgt_mask, coords.expand(tgt_mask.shape[0], -1, -1))[:, 0]
@@ -199,76 +201,109 @@ def _losses_one_prediction(
     pred_masks: Tensor,
     targets: Sequence[Tensor],
     matches: Sequence[tuple[Tensor, Tensor]],
-    num_masks: float,
+    norms: dict[str, float],
     cfg: CriterionCfg,
-    generator: torch.Generator | None,
+    generators: Sequence[torch.Generator] | None,
 ) -> dict[str, Tensor]:
     batch, queries = pred_logits.shape[:2]
     labels = torch.full((batch, queries), NO_OBJECT, dtype=torch.int64, device=pred_logits.device)
     for b, (rows, _) in enumerate(matches):
         labels[b, rows.to(labels.device)] = OBJECT
     class_weight = torch.tensor([1.0, cfg.no_object_weight], device=pred_logits.device)
-    loss_ce = F.cross_entropy(pred_logits.float().transpose(1, 2), labels, class_weight)
-
-    src = torch.cat(
-        [pred_masks[b, rows.to(pred_masks.device)] for b, (rows, _) in enumerate(matches)]
+    # A weighted sum over the queries divided by the batch's total weight: the weighted mean
+    # of F.cross_entropy, with the total taken over the whole global batch under DDP.
+    loss_ce = (
+        F.cross_entropy(pred_logits.float().transpose(1, 2), labels, class_weight, reduction='sum')
+        / norms['class_weight']
     )
-    if src.shape[0] == 0:
+
+    point_logits, point_labels = [], []
+    for b, (rows, cols) in enumerate(matches):
+        if rows.numel() == 0:
+            continue
+        src = pred_masks[b, rows.to(pred_masks.device)][:, None].float()
+        tgt = targets[b][cols.to(targets[b].device)][:, None].to(src.device, torch.float32)
+        # Per image, from the image's own generator: the points do not depend on which other
+        # images share the batch (or the rank).
+        with torch.no_grad():
+            coords = uncertain_point_coords(
+                src,
+                cfg.num_points,
+                cfg.oversample_ratio,
+                cfg.importance_sample_ratio,
+                generators[b] if generators is not None else None,
+            )
+            point_labels.append(point_sample(tgt, coords)[:, 0])
+        point_logits.append(point_sample(src, coords)[:, 0])
+    if not point_logits:
         # Keep the graph connected (DDP needs every parameter used), with a zero value.
         zero = pred_masks.sum() * 0.0
         return {'loss_ce': loss_ce, 'loss_mask': zero, 'loss_dice': zero}
-    tgt = torch.cat(
-        [targets[b][cols.to(targets[b].device)] for b, (_, cols) in enumerate(matches)]
-    )
-    src, tgt = src[:, None].float(), tgt[:, None].to(src.device, torch.float32)
-    with torch.no_grad():
-        coords = uncertain_point_coords(
-            src, cfg.num_points, cfg.oversample_ratio, cfg.importance_sample_ratio, generator
-        )
-        point_labels = point_sample(tgt, coords)[:, 0]
-    point_logits = point_sample(src, coords)[:, 0]
+    logits, targets_at_points = torch.cat(point_logits), torch.cat(point_labels)
     return {
         'loss_ce': loss_ce,
-        'loss_mask': sigmoid_ce_loss(point_logits, point_labels, num_masks),
-        'loss_dice': dice_loss(point_logits, point_labels, num_masks),
+        'loss_mask': sigmoid_ce_loss(logits, targets_at_points, norms['masks']),
+        'loss_dice': dice_loss(logits, targets_at_points, norms['masks']),
     }
 
 
 class SetCriterion:
     """Mask2Former's class-agnostic set loss with deep supervision.
 
+    The mask losses are sums over matched masks divided by the number of target masks, and
+    the class loss a weighted sum over queries divided by the total weight, as upstream.
+    Under DDP or gradient accumulation those two divisors are the global batch's (``counts``
+    summed over every micro-batch, see ``engine.TrainStep``), so N processes compute the same
+    loss as one process on the whole batch. Upstream all-reduces the mask count the same way
+    but keeps the class loss's divisor per process.
+
     :param matcher: matching costs.
     :param cfg: loss weights and point sampling.
-    :param num_masks_reducer: turns this process's target count into the count the loss is
-        normalised by (the identity in one process; an all-reduce mean under DDP).
     """
 
-    def __init__(
-        self,
-        matcher: MatcherCfg,
-        cfg: CriterionCfg,
-        num_masks_reducer: Callable[[float], float] = lambda n: n,
-    ) -> None:
+    def __init__(self, matcher: MatcherCfg, cfg: CriterionCfg) -> None:
         self.matcher = matcher
         self.cfg = cfg
-        self.num_masks_reducer = num_masks_reducer
+
+    def counts(self, targets: Sequence[Tensor], num_queries: int) -> dict[str, float]:
+        """The loss's divisors on a batch: ``masks`` = target masks, ``class_weight`` = the
+        cross-entropy's total weight (matched queries 1, the others ``no_object_weight``;
+        Hungarian matching pairs min(Q, N_b) queries of image b).
+
+        :param targets: B tensors [N_b, H, W].
+        :param num_queries: Q.
+        """
+        sizes = [t.shape[0] for t in targets]
+        matched = sum(min(num_queries, n) for n in sizes)
+        unmatched = num_queries * len(sizes) - matched
+        return {
+            'masks': float(sum(sizes)),
+            'class_weight': matched + self.cfg.no_object_weight * unmatched,
+        }
 
     def __call__(
         self,
         outputs: dict,
         targets: Sequence[Tensor],
-        generator: torch.Generator | None = None,
+        generators: Sequence[torch.Generator] | None = None,
+        mean_counts: dict[str, float] | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """Weighted total loss and its parts.
 
         :param outputs: the proposer's output dict (``pred_logits``, ``pred_masks``,
             ``aux_outputs``).
         :param targets: B bool tensors [N_b, H, W], ground-truth masks at the input size.
-        :param generator: random source of all sampled points.
+        :param generators: B random sources of all the points sampled for each image (None:
+            torch's global one).
+        :param mean_counts: the divisors, ``counts`` averaged over the micro-batches of the
+            global batch (None: this batch's own ``counts``, i.e. a single process).
         :return: (scalar loss with gradient, ``{name: float}`` of the unweighted final-layer
             losses and the total).
         """
-        num_masks = max(self.num_masks_reducer(float(sum(t.shape[0] for t in targets))), 1.0)
+        if mean_counts is None:
+            mean_counts = self.counts(targets, outputs['pred_logits'].shape[1])
+        # A zero count only occurs with a zero sum (no targets): any divisor gives 0 then.
+        norms = {k: v if v > 0 else 1.0 for k, v in mean_counts.items()}
         weights = {
             'loss_ce': self.cfg.class_weight,
             'loss_mask': self.cfg.mask_weight,
@@ -285,16 +320,16 @@ class SetCriterion:
                 prediction['pred_masks'],
                 targets,
                 self.matcher,
-                generator,
+                generators,
             )
             losses = _losses_one_prediction(
                 prediction['pred_logits'],
                 prediction['pred_masks'],
                 targets,
                 matches,
-                num_masks,
+                norms,
                 self.cfg,
-                generator,
+                generators,
             )
             total = total + sum(weights[k] * v for k, v in losses.items())
             if i == 0:

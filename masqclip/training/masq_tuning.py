@@ -58,11 +58,23 @@ def assign_proposals(
     return labels
 
 
+def classification_weight(labels: Tensor, num_classes: int, background_weight: float) -> float:
+    """The total class weight of a batch's proposals: the divisor of its weighted mean loss.
+
+    :param labels: int64 [B, Q] from ``assign_proposals`` (``num_classes`` = background).
+    :param num_classes: N.
+    :param background_weight: class weight of background.
+    """
+    background = int((labels == num_classes).sum())
+    return (labels.numel() - background) + background_weight * background
+
+
 def classification_loss(
     mask_embeddings: Tensor,
     text_embeddings: Tensor,
     labels: Tensor,
     background_weight: float = 0.1,
+    total_weight: float | None = None,
 ) -> Tensor:
     """Weighted NLL of the CLIP classification over N classes + background.
 
@@ -70,10 +82,18 @@ def classification_loss(
     :param text_embeddings: float [N + 1, D], L2-normalised, background last.
     :param labels: int64 [B, Q] from ``assign_proposals``.
     :param background_weight: class weight of background; most proposals are background.
+    :param total_weight: the divisor of the weighted sum (None: this batch's
+        ``classification_weight``, the weighted mean; under DDP or accumulation, the global
+        batch's, averaged over its micro-batches).
     :return: scalar, the weighted mean over all B x Q proposals.
     """
     logits = LOGIT_SCALE * mask_embeddings.float() @ text_embeddings.float().T
     weight = torch.ones(text_embeddings.shape[0], device=logits.device)
     weight[-1] = background_weight
     log_probs = logits.log_softmax(-1)
-    return F.nll_loss(log_probs.flatten(0, 1), labels.flatten(), weight=weight)
+    if total_weight is None:
+        total_weight = classification_weight(
+            labels, text_embeddings.shape[0] - 1, background_weight
+        )
+    summed = F.nll_loss(log_probs.flatten(0, 1), labels.flatten(), weight=weight, reduction='sum')
+    return summed / total_weight

@@ -8,6 +8,7 @@ unlabelled).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -114,14 +115,15 @@ def add_pseudo_masks(
     teacher_outputs: dict,
     targets: list[Tensor],
     cfg: PseudoLabelCfg,
-    generator: torch.Generator | None = None,
+    generators: Sequence[torch.Generator] | None = None,
 ) -> tuple[list[Tensor], int]:
     """Append the teacher's pseudo-masks to each image's ground truth.
 
     :param teacher_outputs: the teacher proposer's output on the same batch.
     :param targets: B bool tensors [N_b, H, W] (every label "object").
     :param cfg: the thresholds.
-    :param generator: random source of the dice points.
+    :param generators: B random sources of the dice points, one per image (None: torch's
+        global one).
     :return: the new targets (ground truth first, then pseudo-masks) and how many
         pseudo-masks were added in all.
     """
@@ -131,6 +133,7 @@ def add_pseudo_masks(
     )
     merged, added = [], 0
     for b, gt in enumerate(targets):
+        generator = generators[b] if generators is not None else None
         keep = select_pseudo_masks(scores[b], masks[b], gt, cfg, generator)
         merged.append(torch.cat([gt, masks[b][keep].to(gt.device)]))
         added += int(keep.numel())

@@ -10,6 +10,9 @@ Files in the run folder: ``config.yaml`` (the resolved recipe), ``teacher.pt``,
 ``student<k>.pt`` (each phase's weights), ``last.pt`` (resumable), ``model.pt`` (the final
 weights), ``metrics.csv``, ``eval.csv`` and ``curves.png``. Every ``.pt`` holds a whole
 MasQCLIP and loads with ``masqclip.factory.build_model(None, checkpoint=...)``.
+
+Under torchrun the student is wrapped in DDP; matching and pseudo-labelling stay on each
+device, and the loss's divisors (mask count, class weight) are summed over the global batch.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import Tensor
 from masqclip.checkpoint import save_checkpoint
 from masqclip.factory import build_model
 from masqclip.modeling.proposer import MaskProposer
-from masqclip.training import engine
+from masqclip.training import distributed, engine
 from masqclip.training.data import (
     AugmentedSegments,
     Batch,
@@ -51,7 +54,11 @@ def plan_phases(recipe: Mapping[str, Any]) -> list[engine.Phase]:
     rounds = int(student['rounds'])
     if rounds < 0:
         raise RecipeError(f'student.rounds must be >= 0, got {rounds}')
-    student_train = dict(train) | {'lr': student['lr'], 'batch_size': student['batch_size']}
+    student_train = dict(train) | {
+        'lr': student['lr'],
+        'batch_size': student['batch_size'],
+        'grad_accum_steps': student.get('grad_accum_steps', 1),
+    }
     phases = [] if student['teacher'] else [engine.Phase('teacher', int(train['steps']), train)]
     phases += [
         engine.Phase(f'student{k}', int(student['steps']), student_train)
@@ -82,6 +89,42 @@ def proposer_param_groups(proposer: MaskProposer, backbone_lr: float) -> list[di
     return [{'params': rest}, {'params': backbone, 'lr_scale': backbone_lr}]
 
 
+def distillation_step(
+    model: torch.nn.Module,
+    teacher: MaskProposer | None,
+    criterion: SetCriterion,
+    pseudo_cfg: PseudoLabelCfg,
+    num_queries: int,
+    device: torch.device,
+) -> engine.TrainStep:
+    """One stage-1 step: targets (with the teacher's pseudo-masks in a student phase), then the
+    set loss of the student's prediction.
+
+    :param model: the proposer being trained (DDP-wrapped under torchrun).
+    :param teacher: the frozen teacher; None in the teacher phase.
+    :param num_queries: the proposer's Q, for the class loss's divisor.
+    """
+
+    def prepare(batch: Batch) -> tuple[tuple, dict[str, float]]:
+        # Class-agnostic: only the masks matter, every target is "object" (trap 12).
+        targets = list(batch.masks)
+        generators = batch.generators(device)
+        extra = {}
+        if teacher is not None:
+            teacher_out = teacher(batch.images)
+            targets, added = add_pseudo_masks(teacher_out, targets, pseudo_cfg, generators)
+            extra['pseudo_masks'] = added / len(targets)
+        inputs = (batch.images, targets, generators, extra)
+        return inputs, criterion.counts(targets, num_queries)
+
+    def loss(inputs: tuple, mean_counts: dict[str, float]) -> tuple[Tensor, dict[str, float]]:
+        images, targets, generators, extra = inputs
+        total, parts = criterion(model(images), targets, generators, mean_counts)
+        return total, parts | extra
+
+    return engine.TrainStep(prepare, loss)
+
+
 def train_stage1(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
     """Run (or resume) a stage-1 training.
 
@@ -93,7 +136,7 @@ def train_stage1(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
     require(recipe, *SECTIONS)
     train, student, data = recipe['train'], recipe['student'], recipe['data']
     engine.configure_threads(int(train['num_threads']))
-    device = engine.resolve_device(train['device'])
+    device = distributed.setup_device(train['device'])
     dataset = load_dataset(data)
     lsj = lsj_from_recipe(data)
     eval_cfg = recipe['eval']
@@ -105,11 +148,16 @@ def train_stage1(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
         }
         eval_set = (load_dataset(eval_data), load_category_split(eval_data))
     phases = plan_phases(recipe)
-    model = dict(recipe['model'])
-    if student['teacher'] and not model['init']:
-        model['init'] = student['teacher']  # the student starts as its teacher
+    # Every phase's batch must split over the processes before the first one trains for days.
+    micro_batches = [
+        engine.per_device_batch(p.train, 'train' if p.name == 'teacher' else 'student')
+        for p in phases
+    ]
+    model_cfg = dict(recipe['model'])
+    if student['teacher'] and not model_cfg['init']:
+        model_cfg['init'] = student['teacher']  # the student starts as its teacher
     torch.manual_seed(int(train['seed']))
-    network, config = engine.build_network(model)
+    network, config = engine.build_network(model_cfg)
 
     state = engine.load_state(run_dir / engine.STATE_FILE) if resume else None
     first, start, global_done = 0, 0, 0
@@ -122,6 +170,7 @@ def train_stage1(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
     train_log = engine.MetricsLog(run_dir / engine.METRICS_FILE, global_done if resume else None)
     eval_log = engine.MetricsLog(run_dir / engine.EVAL_FILE, global_done if resume else None)
     criterion = SetCriterion(MatcherCfg(**recipe['matcher']), CriterionCfg(**recipe['loss']))
+    num_queries = int(config['proposer']['decoder']['num_queries'])
     pseudo_cfg = PseudoLabelCfg(
         score_threshold=float(student['score_threshold']),
         gt_dice_threshold=float(student['gt_dice_threshold']),
@@ -150,43 +199,34 @@ def train_stage1(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
             source = run_dir / f'{phases[index - 1].name}.pt' if index else student['teacher']
             teacher = frozen_teacher(source, device)
         proposer = network.proposer.to(device).train()
+        model = distributed.wrap_ddp(proposer, device)
         optimizer = engine.make_optimizer(
             proposer_param_groups(proposer, float(train['backbone_lr_multiplier'])), phase.train
         )
+        scaler = engine.make_grad_scaler(device, phase.train['precision'])
         if state is not None and index == first and phase_start > 0:
-            optimizer.load_state_dict(state['optimizer'])
-            engine.restore_rng_state(state['rng'])
-        dataset_view = AugmentedSegments(dataset, lsj, seed=int(train['seed']) + 1000 * index)
+            engine.restore_optimizer(state, optimizer, scaler)
+        seed = int(train['seed']) + 1000 * index
         batches = make_loader(
-            dataset_view,
-            int(phase.train['batch_size']),
-            int(train['seed']) + 1000 * index,
+            AugmentedSegments(dataset, lsj, seed),
+            micro_batches[index],
+            seed,
             phase_start,
             int(data['num_workers']),
             *engine.rank_and_world(),
+            engine.accum_steps(phase.train),
         )
 
-        def step_fn(
-            batch: Batch, proposer: MaskProposer = proposer, teacher: MaskProposer | None = teacher
-        ) -> tuple[Tensor, dict[str, float]]:
-            # Class-agnostic: only the masks matter, every target is "object" (trap 12).
-            targets = list(batch.masks)
-            extra = {}
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_out = teacher(batch.images)
-                targets, added = add_pseudo_masks(teacher_out, targets, pseudo_cfg)
-                extra['pseudo_masks'] = added / len(targets)
-            loss, parts = criterion(proposer(batch.images), targets)
-            return loss, parts | extra
-
-        def save_fn(step: int, index: int = index, optimizer: Any = optimizer) -> None:
+        def save_fn(
+            step: int, index: int = index, optimizer: Any = optimizer, scaler: Any = scaler
+        ) -> None:
             engine.save_state(
                 run_dir / engine.STATE_FILE,
                 network,
                 config,
                 recipe,
                 optimizer,
+                scaler=scaler,
                 phase_index=index,
                 step=step,
             )
@@ -198,17 +238,19 @@ def train_stage1(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
             phase,
             phase_start,
             batches,
-            step_fn,
+            distillation_step(model, teacher, criterion, pseudo_cfg, num_queries, device),
             optimizer,
             device,
             train_log,
             save_fn,
             eval_fn if eval_set else None,
             int(eval_cfg['every']),
+            model=model,
+            scaler=scaler,
         )
         if engine.is_main_process():
             save_checkpoint(run_dir / f'{phase.name}.pt', network, config, phase=phase.name)
-        save_fn(phase.steps)
+        save_fn(phase.steps)  # its barrier also lets the next phase read <phase>.pt
 
     final = run_dir / engine.MODEL_FILE
     if engine.is_main_process():
@@ -218,6 +260,7 @@ def train_stage1(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
             evaluate_now, phases[-1].global_offset + phases[-1].steps, eval_log, train_log, run_dir
         )
     engine.plot_metrics(train_log, eval_log, run_dir / engine.PLOT_FILE)
+    distributed.barrier()  # model.pt is written when any rank returns
     logger.info('stage 1 done: %s', final)
     return final
 

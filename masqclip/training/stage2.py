@@ -8,6 +8,10 @@ computed once. AdamW 1e-4, x0.1 at 90 % of the steps, weight decay 0.05, clip 0.
 
 Files in the run folder: ``config.yaml``, ``last.pt`` (resumable), ``model.pt`` (final),
 ``metrics.csv``, ``eval.csv``, ``curves.png``.
+
+Under torchrun ``mask_clip`` is wrapped in DDP (only its trainable tokens' gradients travel);
+proposals and their assignment stay on each device, and the loss's divisor (the total class
+weight) is summed over the global batch.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from torch import Tensor
 from masqclip.checkpoint import save_checkpoint
 from masqclip.inference.vocabulary import BACKGROUND
 from masqclip.modeling.masqclip import MasQCLIP
-from masqclip.training import engine
+from masqclip.training import distributed, engine
 from masqclip.training.data import (
     AugmentedSegments,
     Batch,
@@ -32,7 +36,11 @@ from masqclip.training.data import (
     make_loader,
 )
 from masqclip.training.evaluate import evaluate
-from masqclip.training.masq_tuning import assign_proposals, classification_loss
+from masqclip.training.masq_tuning import (
+    assign_proposals,
+    classification_loss,
+    classification_weight,
+)
 from masqclip.training.recipe import RecipeError, require
 
 logger = logging.getLogger('masqclip')
@@ -48,6 +56,52 @@ def trainable_parameters(network: MasQCLIP) -> list[torch.nn.Parameter]:
     mask_clip.new_q_proj.requires_grad_(True)
     mask_clip.mask_embeddings.requires_grad_(True)
     return [*mask_clip.new_q_proj.parameters(), mask_clip.mask_embeddings]
+
+
+def tuning_step(
+    network: MasQCLIP,
+    mask_clip: torch.nn.Module,
+    text: Tensor,
+    loss_cfg: dict,
+) -> engine.TrainStep:
+    """One MasQ-Tuning step: the frozen proposer's masks and their classes, then the mask
+    tokens' classification loss.
+
+    :param network: the whole model (its proposer and CLIP preprocessing are used frozen).
+    :param mask_clip: ``network.mask_clip``, DDP-wrapped under torchrun.
+    :param text: float [N + 1, D], the training classes' text embeddings, background last.
+    :param loss_cfg: the recipe's ``loss`` section.
+    """
+    num_classes = text.shape[0] - 1
+    background_weight = float(loss_cfg['background_weight'])
+
+    def prepare(batch: Batch) -> tuple[tuple, dict[str, float]]:
+        mask_logits = network.proposer(batch.images)['pred_masks']
+        labels = assign_proposals(
+            mask_logits,
+            batch.masks,
+            batch.labels,
+            num_classes,
+            network.clip_image_size,
+            float(loss_cfg['dice_threshold']),
+        )
+        weight = classification_weight(labels, num_classes, background_weight)
+        return (batch.images, mask_logits, labels), {'class_weight': weight}
+
+    def loss(inputs: tuple, mean_counts: dict[str, float]) -> tuple[Tensor, dict[str, float]]:
+        images, mask_logits, labels = inputs
+        embeddings = mask_clip(network.clip_input(images), mask_logits)
+        nll = classification_loss(
+            embeddings, text, labels, background_weight, mean_counts['class_weight']
+        )
+        total = float(loss_cfg['class_weight']) * nll
+        return total, {
+            'loss': float(total.detach()),
+            'loss_nll': float(nll.detach()),
+            'assigned': float((labels < num_classes).float().mean()),
+        }
+
+    return engine.TrainStep(prepare, loss)
 
 
 def train_stage2(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
@@ -66,7 +120,8 @@ def train_stage2(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
             'stage-1 checkpoint (runs/stage1/model.pt)'
         )
     engine.configure_threads(int(train['num_threads']))
-    device = engine.resolve_device(train['device'])
+    device = distributed.setup_device(train['device'])
+    micro_batch = engine.per_device_batch(train)
     dataset = load_dataset(data)
     lsj = lsj_from_recipe(data)
     eval_set = None
@@ -86,54 +141,40 @@ def train_stage2(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
         logger.info('resuming MasQ-Tuning at step %d', start)
     network.to(device).eval()
     params = trainable_parameters(network)
+    mask_clip = distributed.wrap_ddp(network.mask_clip, device)
 
     # The training vocabulary's text embeddings + background, once (the text tower is frozen).
     names = [c.name for c in dataset.categories]
     text = network.encode_classes([[n] for n in names] + [[BACKGROUND]]).to(device)
-    num_classes = len(names)
 
     engine.start_run(recipe, run_dir)
     train_log = engine.MetricsLog(run_dir / engine.METRICS_FILE, start if resume else None)
     eval_log = engine.MetricsLog(run_dir / engine.EVAL_FILE, start if resume else None)
     optimizer = engine.make_optimizer([{'params': params}], train)
+    scaler = engine.make_grad_scaler(device, train['precision'])
     if state is not None and start > 0:
-        optimizer.load_state_dict(state['optimizer'])
-        engine.restore_rng_state(state['rng'])
+        engine.restore_optimizer(state, optimizer, scaler)
     seed = int(train['seed'])
     batches = make_loader(
         AugmentedSegments(dataset, lsj, seed),
-        int(train['batch_size']),
+        micro_batch,
         seed,
         start,
         int(data['num_workers']),
         *engine.rank_and_world(),
+        engine.accum_steps(train),
     )
     phase = engine.Phase('stage2', int(train['steps']), train)
 
-    def step_fn(batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        with torch.no_grad():
-            mask_logits = network.proposer(batch.images)['pred_masks']
-            labels = assign_proposals(
-                mask_logits,
-                batch.masks,
-                batch.labels,
-                num_classes,
-                network.clip_image_size,
-                float(loss_cfg['dice_threshold']),
-            )
-        embeddings = network.mask_clip(network.clip_input(batch.images), mask_logits)
-        nll = classification_loss(embeddings, text, labels, float(loss_cfg['background_weight']))
-        assigned = float((labels < num_classes).float().mean())
-        loss = float(loss_cfg['class_weight']) * nll
-        return loss, {
-            'loss': float(loss.detach()),
-            'loss_nll': float(nll.detach()),
-            'assigned': assigned,
-        }
-
     def save_fn(step: int) -> None:
         engine.save_state(
-            run_dir / engine.STATE_FILE, network, config, recipe, optimizer, step=step
+            run_dir / engine.STATE_FILE,
+            network,
+            config,
+            recipe,
+            optimizer,
+            scaler=scaler,
+            step=step,
         )
 
     def evaluate_now() -> dict[str, float]:
@@ -154,13 +195,15 @@ def train_stage2(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
         phase,
         start,
         batches,
-        step_fn,
+        tuning_step(network, mask_clip, text, loss_cfg),
         optimizer,
         device,
         train_log,
         save_fn,
         eval_fn if eval_set else None,
         int(eval_cfg['every']),
+        model=mask_clip,
+        scaler=scaler,
     )
     save_fn(phase.steps)
     final = run_dir / engine.MODEL_FILE
@@ -169,6 +212,7 @@ def train_stage2(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
     if eval_set is not None:
         engine.run_eval(evaluate_now, phase.steps, eval_log, train_log, run_dir)
     engine.plot_metrics(train_log, eval_log, run_dir / engine.PLOT_FILE)
+    distributed.barrier()  # model.pt is written when any rank returns
     logger.info('stage 2 done: %s', final)
     return final
 
