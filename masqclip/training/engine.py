@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from masqclip.checkpoint import CheckpointError, load_clip_weights, read_checkpoint
+from masqclip.checkpoint import CheckpointError, read_checkpoint
 from masqclip.checkpoint import save_checkpoint as save_model_checkpoint
 from masqclip.factory import build_model
 from masqclip.modeling.masqclip import MasQCLIP
@@ -136,17 +136,13 @@ def build_network(model: Mapping[str, Any]) -> tuple[MasQCLIP, dict]:
     q_proj_init = model.get('q_proj_init', 'random')
     if q_proj_init not in ('random', 'clip'):
         raise RecipeError(f"model.q_proj_init must be 'random' or 'clip', got {q_proj_init!r}")
-    if model.get('init'):
-        network, config = build_model(None, checkpoint=model['init'])
-        if model.get('clip_weights'):
-            load_clip_weights(network, model['clip_weights'], config)
-    else:
-        network, config = build_model(
-            model['name'], clip_weights=model.get('clip_weights') or None
-        )
-    if q_proj_init == 'clip':
-        network.mask_clip.copy_clip_q_proj()
-    return network, config
+    init = model.get('init') or None
+    return build_model(
+        None if init else model['name'],
+        checkpoint=init,
+        clip_weights=model.get('clip_weights') or None,
+        q_proj_init=q_proj_init,
+    )
 
 
 def make_optimizer(groups: Iterable[dict], train: Mapping[str, Any]) -> torch.optim.AdamW:
