@@ -14,7 +14,7 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.10',
     packages=find_packages(include=['masqclip', 'masqclip.*']),
-    package_data={'masqclip': ['model_configs/*.json', 'recipes/*.yaml']},
+    package_data={'masqclip': ['model_configs/*.json', 'recipes/*.yaml', 'weights/*.pt.gz']},
     entry_points={
         'console_scripts': [
             'masqclip = masqclip.cli:main',

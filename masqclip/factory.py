@@ -12,6 +12,8 @@ from masqclip.modeling.proposer import build_proposer
 from masqclip.modeling.text_encoder import TextEncoder
 
 CONFIG_DIR = Path(__file__).parent / 'model_configs'
+DEMO_CHECKPOINT = Path(__file__).parent / 'weights' / 'masqclip_demo.pt.gz'
+"""The model this project trains itself (scripts/train_demo.sh); ``checkpoint='demo'``."""
 
 
 class ModelConfigError(ValueError):
@@ -46,7 +48,7 @@ def build_model_from_config(config: dict) -> MasQCLIP:
 
 
 def build_model(
-    model: str | None = 'test_tiny',
+    model: str | None = None,
     checkpoint: str | Path | None = None,
     clip_weights: str | Path | None = None,
     q_proj_init: str = 'random',
@@ -54,8 +56,10 @@ def build_model(
     """Build a MasQCLIP and load its weights, in this order: the checkpoint, then CLIP weights
     over its CLIP towers, then the mask tokens' query projections.
 
-    :param model: architecture name or JSON path; None takes the one stored in ``checkpoint``.
-    :param checkpoint: a checkpoint of this project (every weight of the model).
+    :param model: architecture name or JSON path; None takes the one stored in ``checkpoint``
+        (with no checkpoint either: the shipped demo model).
+    :param checkpoint: a checkpoint of this project (every weight of the model); 'demo' for
+        the shipped demo model (``DEMO_CHECKPOINT``).
     :param clip_weights: CLIP weights replacing the towers': 'openai' (open_clip downloads
         them where the internet is reachable) or a local file.
     :param q_proj_init: 'random' keeps the query projections as built or loaded (random init is
@@ -66,11 +70,11 @@ def build_model(
     if q_proj_init not in ('random', 'clip'):
         raise ModelConfigError(f"q_proj_init must be 'random' or 'clip', got {q_proj_init!r}")
     state_dict = None
+    if checkpoint == 'demo' or (checkpoint is None and model is None):
+        checkpoint = DEMO_CHECKPOINT
     if checkpoint is not None:
         stored_config, state_dict = load_checkpoint(checkpoint)
         config = stored_config if model is None else get_model_config(model)
-    elif model is None:
-        raise ModelConfigError('give a model name or a checkpoint')
     else:
         config = get_model_config(model)
     network = build_model_from_config(config)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from masqclip_ros.conversions import array_to_image_msg
-from masqclip_ros.demo import default_params_file
+from masqclip_ros.node_process import NodeProcess, share_directory
 
 QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -44,18 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--seconds', type=float, default=20.0)
     parser.add_argument('--width', type=int, default=640)
     parser.add_argument('--height', type=int, default=480)
-    parser.add_argument('--params-file', default=default_params_file())
+    parser.add_argument(
+        '--params-file', default=str(share_directory() / 'config' / 'segment.yaml')
+    )
     parser.add_argument('--log', type=Path, default=Path('masqclip_benchmark_node.log'))
-    parser.add_argument('node_args', nargs='*', help='extra -p name:=value for the node')
+    parser.add_argument(
+        'overrides', nargs='*', help='node parameters as name:=value, e.g. model.device:=cuda'
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 
-    command = [sys.executable, '-m', 'masqclip_ros.node', '--ros-args',
-               '--params-file', args.params_file]  # fmt: skip
-    for item in args.node_args:
-        command += ['-p', item]
-    log = open(args.log, 'w')  # noqa: SIM115 - closed below
-    node_process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    overrides = dict(item.split(':=', 1) for item in args.overrides)
+    node = NodeProcess(args.log, args.params_file, overrides)
     rclpy.init()
     client = Node('masqclip_benchmark')
     arrivals: list[tuple[float, float]] = []  # (stamp, arrival) in seconds
@@ -79,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         deadline = time.monotonic() + 120
         while publisher.get_subscription_count() == 0:
-            if node_process.poll() is not None or time.monotonic() > deadline:
+            if not node.alive() or time.monotonic() > deadline:
                 print(f'the node did not start; see {args.log}', file=sys.stderr)
                 return 1
             rclpy.spin_once(client, timeout_sec=0.1)
@@ -119,12 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         client.destroy_node()
         rclpy.try_shutdown()
-        node_process.send_signal(signal.SIGINT)
-        try:
-            node_process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            node_process.kill()
-        log.close()
+        node.stop()
 
 
 if __name__ == '__main__':

@@ -28,8 +28,16 @@ class ParameterSpec:
 
 
 PARAMETERS: tuple[ParameterSpec, ...] = (
-    ParameterSpec('model.config', 'test_tiny', 'Named architecture (masqclip/model_configs).'),
-    ParameterSpec('model.checkpoint', '', 'MasQCLIP checkpoint file; empty = random weights.'),
+    ParameterSpec(
+        'model.config',
+        '',
+        "Named architecture (masqclip/model_configs); empty = the checkpoint's.",
+    ),
+    ParameterSpec(
+        'model.checkpoint',
+        'demo',
+        "MasQCLIP checkpoint file; 'demo' = the shipped demo model; empty = random weights.",
+    ),
     ParameterSpec('model.clip_weights', '', "CLIP weights file; empty = the checkpoint's."),
     ParameterSpec('model.backend', 'torch', 'Inference backend.', choices=BACKENDS),
     ParameterSpec('model.device', 'cpu', 'Torch device, e.g. cpu or cuda:0.'),
@@ -152,7 +160,7 @@ class Settings:
         :return: model, weights, backend and inference options; unset ones left out.
         """
         options: dict[str, object] = {
-            'model': self.model_config,
+            'model': self.model_config or None,
             'checkpoint': self.checkpoint,
             'clip_weights': self.clip_weights,
             'device': self.device,
@@ -215,7 +223,7 @@ def settings_from_values(values: Mapping[str, object]) -> Settings:
             f'parameter model.input_size={list(input_size)}: give [width, height] of the camera'
         )
     checkpoint = str(values['model.checkpoint']) or None
-    if checkpoint is not None and not Path(checkpoint).is_file():
+    if checkpoint not in (None, 'demo') and not Path(checkpoint).is_file():
         raise SettingsError(f'parameter model.checkpoint: no file at {checkpoint!r}')
     clip_weights = str(values['model.clip_weights']) or None
     if clip_weights is not None and not Path(clip_weights).is_file():

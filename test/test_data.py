@@ -287,6 +287,19 @@ def test_ov_split_of_generated_dataset(dataset: synthetic.SyntheticPaths) -> Non
     assert len(load_coco_instances(dataset.ov_split['all'], dataset.image_dir)) == NUM_IMAGES
 
 
+def test_base_panoptic_keeps_stuff_and_base_things_only(dataset: synthetic.SyntheticPaths):
+    split = load_split(dataset.split_json)
+    base = load_coco_panoptic(dataset.panoptic_base_json, dataset.panoptic_dir, dataset.image_dir)
+    full = load_coco_panoptic(dataset.panoptic_json, dataset.panoptic_dir, dataset.image_dir)
+    names = {c.name for c in base.categories}
+    assert names == set(split.base) | set(synthetic.STUFF_NAMES)
+    novel = {c.id for c in full.categories if c.name in split.novel}
+    dropped = sum(a.category_id in novel for r in full.records for a in r.annotations)
+    kept = sum(len(r.annotations) for r in base.records)
+    assert dropped > 0
+    assert kept == sum(len(r.annotations) for r in full.records) - dropped
+
+
 def test_every_colour_and_pattern_is_in_a_base_class() -> None:
     words = {w for name in synthetic.DEFAULT_SPLIT.base for w in name.split(' ')}
     assert words == set(synthetic.COLOURS) | set(synthetic.PATTERNS)

@@ -339,6 +339,7 @@ class SyntheticPaths:
     panoptic_dir: Path
     instances_json: Path
     panoptic_json: Path
+    panoptic_base_json: Path
     split_json: Path
     ov_split: dict[str, Path]
 
@@ -355,6 +356,19 @@ def _category_json(category: Category) -> dict:
         'isthing': int(category.is_thing),
         'color': list(colour),
     }
+
+
+def _without_categories(coco_panoptic: dict, category_ids: set[int]) -> dict:
+    """A COCO panoptic dict with the given categories and their segments removed."""
+    return {
+        **coco_panoptic,
+        'annotations': [
+            {**a, 'segments_info': [s for s in a['segments_info']
+                                    if s['category_id'] not in category_ids]}
+            for a in coco_panoptic['annotations']
+        ],
+        'categories': [c for c in coco_panoptic['categories'] if c['id'] not in category_ids],
+    }  # fmt: skip
 
 
 def write_dataset(
@@ -386,6 +400,7 @@ def write_dataset(
         panoptic_dir=root / 'panoptic',
         instances_json=root / 'annotations' / 'instances.json',
         panoptic_json=root / 'annotations' / 'panoptic.json',
+        panoptic_base_json=root / 'annotations' / 'panoptic_base.json',
         split_json=root / 'split.json',
         ov_split={},
     )
@@ -441,16 +456,15 @@ def write_dataset(
         json.dump(
             {'info': info, 'images': images, 'annotations': instances, 'categories': things}, f
         )
+    all_categories = {'info': info, 'images': images, 'annotations': panoptic,
+                      'categories': [_category_json(c) for c in CATEGORIES]}  # fmt: skip
     with paths.panoptic_json.open('w') as f:
-        json.dump(
-            {
-                'info': info,
-                'images': images,
-                'annotations': panoptic,
-                'categories': [_category_json(c) for c in CATEGORIES],
-            },
-            f,
-        )
+        json.dump(all_categories, f)
+    # Base things and all stuff: the panoptic training set of the open-vocabulary setting.
+    # Novel objects stay in the images and PNGs but, unlisted, read as void (unannotated).
+    novel_ids = {c.id for c in CATEGORIES if c.name in split.novel}
+    with paths.panoptic_base_json.open('w') as f:
+        json.dump(_without_categories(all_categories, novel_ids), f)
     save_split(split, paths.split_json)
     paths.ov_split.update(write_ov_split(paths.instances_json, paths.instances_json.parent, split))
     return paths

@@ -19,8 +19,6 @@ from masqclip.export.image_model import ensure_onnx
 from masqclip.export.onnx import DEFAULT_OPSET, export_input_size, export_onnx, read_onnx_metadata
 from masqclip.tools.common import add_model_arguments
 
-DEFAULT_MODEL = 'masqclip_r50_vitl14_336'
-
 
 def parse_frame_size(text: str) -> tuple[int, int]:
     """'640x480' (width x height) -> (480, 640) as (height, width)."""
@@ -74,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser, default_model=DEFAULT_MODEL)
+    add_model_arguments(parser)
     parser.add_argument(
         '--frame-size',
         type=parse_frame_size,
@@ -95,14 +93,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _model_name(args: argparse.Namespace) -> str:
-    return Path(args.checkpoint).stem if args.checkpoint else args.model
+    if args.checkpoint:
+        return Path(args.checkpoint).stem
+    return args.model or 'masqclip_demo'
 
 
 def _export(args: argparse.Namespace, out: str | None, opset: int = DEFAULT_OPSET) -> Path:
     from masqclip.factory import build_model
 
     network, config = build_model(
-        None if args.checkpoint else args.model,
+        args.model,
         checkpoint=args.checkpoint,
         clip_weights=args.clip_weights,
     )

@@ -158,7 +158,7 @@ class Predictor:
     @classmethod
     def from_config(
         cls,
-        model: str | None = 'test_tiny',
+        model: str | None = None,
         checkpoint: str | None = None,
         clip_weights: str | None = None,
         device: str = 'cpu',
@@ -169,7 +169,9 @@ class Predictor:
         onnx_path: str | None = None,
         **options: object,
     ) -> Predictor:
-        """Build a predictor from a named architecture or a checkpoint (which names its own).
+        """Build a predictor from a checkpoint (which names its architecture), or from a named
+        architecture (random weights unless ``checkpoint`` or ``clip_weights`` give some); with
+        neither, the shipped demo model.
 
         :param backend: 'torch', 'onnxruntime' or 'tensorrt'; the exported backends run the
             image path at the fixed input size of ``frame_size`` frames (H, W), exported once

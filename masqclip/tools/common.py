@@ -9,18 +9,15 @@ from masqclip.inference.predictor import TASKS, Predictor
 from masqclip.inference.vocabulary import Vocabulary, VocabularyError
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, default_model: str = 'test_tiny') -> None:
-    group = parser.add_argument_group('model')
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group('model (default: the demo model shipped with masqclip)')
     group.add_argument(
         '--model',
-        default=default_model,
-        help=f'architecture: one of {", ".join(list_models())} or a .json path; '
-        'ignored when --checkpoint stores one (default: %(default)s)',
+        help=f'architecture: one of {", ".join(list_models())} or a .json path; alone, it '
+        'builds that architecture with random (or --clip-weights) weights',
     )
-    group.add_argument('--checkpoint', help='a masqclip_ros checkpoint (.pt)')
-    group.add_argument(
-        '--clip-weights', help="'openai' or a CLIP weights file, for a model without a checkpoint"
-    )
+    group.add_argument('--checkpoint', help="a masqclip_ros checkpoint (.pt, .pt.gz), or 'demo'")
+    group.add_argument('--clip-weights', help="'openai' or a CLIP weights file")
     group.add_argument('--device', default='cpu', help='cpu, cuda, cuda:1 ... (%(default)s)')
     group.add_argument('--precision', default='fp32', choices=('fp32', 'fp16'))
 
@@ -51,7 +48,7 @@ def vocabulary_from_args(args: argparse.Namespace) -> Vocabulary:
 
 def predictor_from_args(args: argparse.Namespace, **options: object) -> Predictor:
     return Predictor.from_config(
-        None if args.checkpoint else args.model,
+        args.model,
         checkpoint=args.checkpoint,
         clip_weights=args.clip_weights,
         device=args.device,

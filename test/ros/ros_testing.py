@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +13,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 
+from masqclip_ros import node_process
 from masqclip_ros.conversions import array_to_image_msg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,45 +22,13 @@ LATCHED = QoSProfile(
 )
 
 
-class NodeProcess:
-    """``python -m masqclip_ros.node`` with the repository's YAML plus overrides."""
+class NodeProcess(node_process.NodeProcess):
+    """The node with the repository's YAML and random test_tiny weights (the tests check
+    wiring, not labels, and it loads fastest), plus the test's overrides."""
 
     def __init__(self, log_path: Path, overrides: dict[str, str], name: str = 'masqclip_node'):
-        command = [
-            sys.executable,
-            '-m',
-            'masqclip_ros.node',
-            '--ros-args',
-            '--params-file',
-            str(ROOT / 'config' / 'segment.yaml'),
-            '-r',
-            f'__node:={name}',
-        ]
-        for key, value in overrides.items():
-            command += ['-p', f'{key}:={value}']
-        env = dict(os.environ, RCUTILS_LOGGING_BUFFERED_STREAM='0', PYTHONUNBUFFERED='1')
-        self.log_path = log_path
-        self._log = open(log_path, 'w')  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self) -> int:
-        if self.alive():
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
+        overrides = {'model.config': 'test_tiny', 'model.checkpoint': "''", **overrides}
+        super().__init__(log_path, ROOT / 'config' / 'segment.yaml', overrides, name)
 
 
 class Client:
