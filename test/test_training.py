@@ -109,6 +109,7 @@ def test_criterion_class_loss_weights_no_object() -> None:
 
 
 def test_criterion_deep_supervision_adds_aux_losses() -> None:
+    torch.manual_seed(0)  # the point sampling is random: keep the test deterministic
     gt = [box_mask(16, 16, 0, 8, 0, 8)[None]]
     out = {'pred_logits': torch.zeros(1, 3, 2), 'pred_masks': torch.zeros(1, 3, 4, 4)}
     out['aux_outputs'] = [dict(out), dict(out)]

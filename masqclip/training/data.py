@@ -85,6 +85,20 @@ def load_category_split(data: Mapping[str, Any]) -> CategorySplit | None:
     )
 
 
+def load_eval_set(
+    data: Mapping[str, Any], eval_cfg: Mapping[str, Any]
+) -> tuple[CocoDataset, CategorySplit | None] | None:
+    """The evaluation dataset and split a recipe's ``eval`` section names (its annotations
+    under ``eval.root``, else ``data.root``, in ``data``'s format), or None when it names none."""
+    if not eval_cfg['annotations']:
+        return None
+    eval_data = dict(data) | {
+        'annotations': eval_cfg['annotations'],
+        'root': eval_cfg['root'] or data['root'],
+    }
+    return load_dataset(eval_data), load_category_split(eval_data)
+
+
 def lsj_from_recipe(data: Mapping[str, Any]) -> LsjCfg:
     """The LSJ settings of a recipe's ``data`` section; the crop must suit the proposer."""
     size = int(data['image_size'])

@@ -32,8 +32,8 @@ from masqclip.training import distributed, engine
 from masqclip.training.data import (
     AugmentedSegments,
     Batch,
-    load_category_split,
     load_dataset,
+    load_eval_set,
     lsj_from_recipe,
     make_loader,
 )
@@ -140,13 +140,7 @@ def train_stage1(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
     dataset = load_dataset(data)
     lsj = lsj_from_recipe(data)
     eval_cfg = recipe['eval']
-    eval_set = None
-    if eval_cfg['annotations']:
-        eval_data = dict(data) | {
-            'annotations': eval_cfg['annotations'],
-            'root': eval_cfg['root'] or data['root'],
-        }
-        eval_set = (load_dataset(eval_data), load_category_split(eval_data))
+    eval_set = load_eval_set(data, eval_cfg)
     phases = plan_phases(recipe)
     # Every phase's batch must split over the processes before the first one trains for days.
     micro_batches = [

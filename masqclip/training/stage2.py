@@ -30,8 +30,8 @@ from masqclip.training import distributed, engine
 from masqclip.training.data import (
     AugmentedSegments,
     Batch,
-    load_category_split,
     load_dataset,
+    load_eval_set,
     lsj_from_recipe,
     make_loader,
 )
@@ -124,13 +124,7 @@ def train_stage2(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
     micro_batch = engine.per_device_batch(train)
     dataset = load_dataset(data)
     lsj = lsj_from_recipe(data)
-    eval_set = None
-    if eval_cfg['annotations']:
-        eval_data = dict(data) | {
-            'annotations': eval_cfg['annotations'],
-            'root': eval_cfg['root'] or data['root'],
-        }
-        eval_set = (load_dataset(eval_data), load_category_split(eval_data))
+    eval_set = load_eval_set(data, eval_cfg)
     torch.manual_seed(int(train['seed']))
     network, config = engine.build_network(recipe['model'])
     state = engine.load_state(run_dir / engine.STATE_FILE) if resume else None
