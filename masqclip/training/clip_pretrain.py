@@ -293,12 +293,7 @@ def train_clip(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
     with torch.no_grad():
         clip.logit_scale.fill_(math.log(init_scale))
     image_size = int(clip.visual.image_size[0])
-    state = engine.load_state(run_dir / engine.STATE_FILE) if resume else None
-    start = 0
-    if state is not None:
-        clip.load_state_dict(state['model'])
-        start = int(state['step'])
-        logger.info('resuming CLIP pretraining at step %d', start)
+    state, start = engine.resume_weights(run_dir, resume, clip, 'CLIP pretraining')
     clip.to(device).train()
     tokenizer = SimpleTokenizer(context_length=clip.context_length)
     optimizer = make_optimizer(clip, train)

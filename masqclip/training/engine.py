@@ -283,6 +283,22 @@ def load_state(path: Path) -> dict:
     return data
 
 
+def resume_weights(
+    run_dir: Path, resume: bool, model: torch.nn.Module, what: str
+) -> tuple[dict | None, int]:
+    """When resuming, load ``run_dir``'s training state into ``model``.
+
+    :param what: the run's name in the log line.
+    :return: the state (None when not resuming) and the step to continue from.
+    """
+    if not resume:
+        return None, 0
+    state = load_state(run_dir / STATE_FILE)
+    model.load_state_dict(state['model'])
+    logger.info('resuming %s at step %d', what, int(state['step']))
+    return state, int(state['step'])
+
+
 def restore_optimizer(
     state: Mapping[str, Any],
     optimizer: torch.optim.Optimizer,

@@ -127,12 +127,7 @@ def train_stage2(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
     eval_set = load_eval_set(data, eval_cfg)
     torch.manual_seed(int(train['seed']))
     network, config = engine.build_network(recipe['model'])
-    state = engine.load_state(run_dir / engine.STATE_FILE) if resume else None
-    start = 0
-    if state is not None:
-        network.load_state_dict(state['model'])
-        start = int(state['step'])
-        logger.info('resuming MasQ-Tuning at step %d', start)
+    state, start = engine.resume_weights(run_dir, resume, network, 'MasQ-Tuning')
     network.to(device).eval()
     params = trainable_parameters(network)
     mask_clip = distributed.wrap_ddp(network.mask_clip, device)
