@@ -237,6 +237,7 @@ class SegmentationNode(LifecycleNode):
         self._active_since = 0.0
         self._last_warning = 0.0
         self._last_rate_accept = 0.0
+        self._image_subscription = None
         self._subscription_handles: list = []
         self._outputs: dict[str, object] = {}
         self._service_handles: list = []
@@ -325,20 +326,9 @@ class SegmentationNode(LifecycleNode):
     def _activate(self) -> None:
         settings = self.settings
         self._image_qos = self._choose_image_qos(settings)
+        self._image_subscription = self._subscribe_image(settings)
         group = self._input_group
-        if settings.compressed:
-            self._image_topic = self.resolve_topic_name('image/compressed')
-            image_sub = self.create_subscription(
-                CompressedImage, 'image/compressed', self._on_compressed, self._image_qos,
-                callback_group=group,
-            )  # fmt: skip
-        else:
-            self._image_topic = self.resolve_topic_name('image')
-            image_sub = self.create_subscription(
-                Image, 'image', self._on_image, self._image_qos, callback_group=group
-            )
         self._subscription_handles = [
-            image_sub,
             self.create_subscription(
                 VocabularyMsg,
                 'vocabulary',
@@ -370,9 +360,7 @@ class SegmentationNode(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Unsubscribe and stop the inference thread; the model stays loaded."""
         self._stop_worker()
-        for subscription in self._subscription_handles:
-            self.destroy_subscription(subscription)
-        self._subscription_handles = []
+        self._unsubscribe()
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -383,11 +371,16 @@ class SegmentationNode(LifecycleNode):
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Stop everything from any state."""
         self._stop_worker()
-        for subscription in self._subscription_handles:
-            self.destroy_subscription(subscription)
-        self._subscription_handles = []
+        self._unsubscribe()
         self._release()
         return TransitionCallbackReturn.SUCCESS
+
+    def _unsubscribe(self) -> None:
+        for subscription in [self._image_subscription, *self._subscription_handles]:
+            if subscription is not None:
+                self.destroy_subscription(subscription)
+        self._image_subscription = None
+        self._subscription_handles = []
 
     def _release(self) -> None:
         for publisher in self._outputs.values():
@@ -412,6 +405,36 @@ class SegmentationNode(LifecycleNode):
         if self._worker is not None:
             self._worker.join()
             self._worker = None
+
+    def _subscribe_image(self, settings: Settings) -> object:
+        """Subscribe to the camera topic with ``self._image_qos``."""
+        if settings.compressed:
+            self._image_topic = self.resolve_topic_name('image/compressed')
+            return self.create_subscription(
+                CompressedImage, 'image/compressed', self._on_compressed, self._image_qos,
+                callback_group=self._input_group,
+            )  # fmt: skip
+        self._image_topic = self.resolve_topic_name('image')
+        return self.create_subscription(
+            Image, 'image', self._on_image, self._image_qos, callback_group=self._input_group
+        )
+
+    def _follow_publishers(self) -> None:
+        """With reliability auto, switch the image subscription when the publishers change: a
+        camera started after the node is usually reliable, and best effort would lose large
+        frames in transport."""
+        if self.settings.reliability != 'auto' or self._image_subscription is None:
+            return
+        wanted = self._choose_image_qos(self.settings)
+        if wanted.reliability == self._image_qos.reliability:
+            return
+        self.destroy_subscription(self._image_subscription)
+        self._image_qos = wanted
+        self._image_subscription = self._subscribe_image(self.settings)
+        self.get_logger().info(
+            f'{self._image_topic}: publishers changed, subscription now '
+            f'{wanted.reliability.name.lower()}'
+        )
 
     def _choose_image_qos(self, settings: Settings) -> QoSProfile:
         """Depth 1, keep last; reliability from the parameter or, for auto, the publishers."""
@@ -830,6 +853,7 @@ class SegmentationNode(LifecycleNode):
         if not active:
             level, message = DiagnosticStatus.OK, 'configured, not active'
         else:
+            self._follow_publishers()
             last = self.stats.last_image or self._active_since
             silent = now - last
             warn_after = self.get_parameter('input.warn_after_s').value

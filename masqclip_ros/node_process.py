@@ -25,6 +25,7 @@ class NodeProcess:
 
     :param overrides: parameter name -> value, as ``ros2 run ... -p name:=value`` takes it.
     :param name: the node's name (remapped with ``__node``).
+    :param namespace: the node's namespace (remapped with ``__ns``), e.g. ``/robot1``.
     """
 
     def __init__(
@@ -33,10 +34,12 @@ class NodeProcess:
         params_file: str | Path | None = None,
         overrides: dict[str, str] | None = None,
         name: str = 'masqclip_node',
+        namespace: str = '/',
     ) -> None:
         params_file = params_file or share_directory() / 'config' / 'segment.yaml'
         command = [sys.executable, '-m', 'masqclip_ros.node', '--ros-args',
-                   '--params-file', str(params_file), '-r', f'__node:={name}']  # fmt: skip
+                   '--params-file', str(params_file),
+                   '-r', f'__node:={name}', '-r', f'__ns:={namespace}']  # fmt: skip
         for key, value in (overrides or {}).items():
             command += ['-p', f'{key}:={value}']
         # Unbuffered, so the log is complete when a test reads it.

@@ -26,9 +26,15 @@ class NodeProcess(node_process.NodeProcess):
     """The node with the repository's YAML and random test_tiny weights (the tests check
     wiring, not labels, and it loads fastest), plus the test's overrides."""
 
-    def __init__(self, log_path: Path, overrides: dict[str, str], name: str = 'masqclip_node'):
+    def __init__(
+        self,
+        log_path: Path,
+        overrides: dict[str, str],
+        name: str = 'masqclip_node',
+        namespace: str = '/',
+    ):
         overrides = {'model.config': 'test_tiny', 'model.checkpoint': "''", **overrides}
-        super().__init__(log_path, ROOT / 'config' / 'segment.yaml', overrides, name)
+        super().__init__(log_path, ROOT / 'config' / 'segment.yaml', overrides, name, namespace)
 
 
 class Client:

@@ -326,6 +326,41 @@ def test_silence_warning_names_topic_and_qos(rig: Rig) -> None:
     assert '/image' in warning.msg and 'reliable' in warning.msg
 
 
+def test_auto_reliability_follows_a_reliable_camera_started_later(tmp_path) -> None:
+    # Its own namespace, so the module's node and publishers stay out of the way.
+    process = NodeProcess(
+        tmp_path / 'auto.log',
+        {'input.reliability': 'auto', 'diagnostics.period_s': '0.3'},
+        name='masqclip_auto',
+        namespace='/auto',
+    )
+    client = Client('masqclip_auto_client')
+    try:
+        # No publisher yet: best effort matches any camera that comes.
+        client.spin_until(lambda: 'segmenting /auto/image (best_effort' in process.log(), 60,
+                          'the node to activate')  # fmt: skip
+        outputs = []
+        client.node.create_subscription(
+            InstanceSegmentation, '/auto/masqclip_auto/instances', outputs.append, QOS
+        )
+        camera = client.node.create_publisher(Image, '/auto/image', QOS)  # reliable
+        client.spin_until(lambda: '/auto/image: publishers changed, subscription now reliable'
+                          in process.log(), 20, 'the switch to reliable')  # fmt: skip
+        sent = [0.0]
+
+        def answered() -> bool:
+            if time.monotonic() - sent[0] > 0.5:
+                sent[0] = time.monotonic()
+                camera.publish(image_msg(7))
+            return bool(outputs)
+
+        client.spin_until(answered, 30, 'an output from the reliable subscription')
+        assert outputs[0].header.stamp.sec == 7
+    finally:
+        client.close()
+        assert process.stop() == 0, process.log()[-3000:]
+
+
 def bad_image(kind: str) -> Image:
     good = image_msg(1, 'rgb8')
     if kind == 'encoding':
