@@ -1,8 +1,10 @@
 """masqclip_node in its own process, driven over real DDS on loopback by a client node."""
 
+import contextlib
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
 
@@ -26,7 +28,7 @@ from masqclip_ros.srv import FindObjects, GetVocabulary, SetVocabulary  # noqa: 
 from rcl_interfaces.msg import Log  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from ros_testing import LATCHED, Client, NodeProcess, image_msg, stamped  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from masqclip_ros.conversions import array_to_image_msg, image_msg_to_array  # noqa: E402
@@ -326,39 +328,63 @@ def test_silence_warning_names_topic_and_qos(rig: Rig) -> None:
     assert '/image' in warning.msg and 'reliable' in warning.msg
 
 
-def test_auto_reliability_follows_a_reliable_camera_started_later(tmp_path) -> None:
-    # Its own namespace, so the module's node and publishers stay out of the way.
+@contextlib.contextmanager
+def node_in_namespace(tmp_path, namespace: str, overrides: dict[str, str]):
+    """A node of its own under ``namespace`` (away from the module's node and publishers),
+    active, with a client; yields (process, client)."""
     process = NodeProcess(
-        tmp_path / 'auto.log',
-        {'input.reliability': 'auto', 'diagnostics.period_s': '0.3'},
-        name='masqclip_auto',
-        namespace='/auto',
+        tmp_path / 'node.log',
+        {'diagnostics.period_s': '0.3', **overrides},
+        name='masqclip_ns',
+        namespace=namespace,
     )
-    client = Client('masqclip_auto_client')
+    client = Client(f'client{namespace.replace("/", "_")}')
     try:
-        # No publisher yet: best effort matches any camera that comes.
-        client.spin_until(lambda: 'segmenting /auto/image (best_effort' in process.log(), 60,
-                          'the node to activate')  # fmt: skip
-        outputs = []
-        client.node.create_subscription(
-            InstanceSegmentation, '/auto/masqclip_auto/instances', outputs.append, QOS
-        )
-        camera = client.node.create_publisher(Image, '/auto/image', QOS)  # reliable
-        client.spin_until(lambda: '/auto/image: publishers changed, subscription now reliable'
-                          in process.log(), 20, 'the switch to reliable')  # fmt: skip
-        sent = [0.0]
-
-        def answered() -> bool:
-            if time.monotonic() - sent[0] > 0.5:
-                sent[0] = time.monotonic()
-                camera.publish(image_msg(7))
-            return bool(outputs)
-
-        client.spin_until(answered, 30, 'an output from the reliable subscription')
-        assert outputs[0].header.stamp.sec == 7
+        client.spin_until(lambda: 'active: segmenting' in process.log(), 60,
+                          f'the node to activate\n{process.log()[-2000:]}')  # fmt: skip
+        yield process, client
     finally:
         client.close()
         assert process.stop() == 0, process.log()[-3000:]
+
+
+def first_output(client: Client, topic: str, send) -> InstanceSegmentation:
+    """Spin, calling ``send()`` every 0.5 s, until ``topic`` delivers an output."""
+    outputs, sent = [], [0.0]
+    client.node.create_subscription(InstanceSegmentation, topic, outputs.append, QOS)
+
+    def answered() -> bool:
+        if time.monotonic() - sent[0] > 0.5:
+            sent[0] = time.monotonic()
+            send()
+        return bool(outputs)
+
+    client.spin_until(answered, 30, f'an output on {topic}')
+    return outputs[0]
+
+
+def test_auto_reliability_follows_a_reliable_camera_started_later(tmp_path) -> None:
+    with node_in_namespace(tmp_path, '/auto', {'input.reliability': 'auto'}) as (process, client):
+        # No publisher yet: best effort matches any camera that comes.
+        assert 'segmenting /auto/image (best_effort' in process.log()
+        camera = client.node.create_publisher(Image, '/auto/image', QOS)  # reliable
+        client.spin_until(lambda: '/auto/image: publishers changed, subscription now reliable'
+                          in process.log(), 20, 'the switch to reliable')  # fmt: skip
+        output = first_output(
+            client, '/auto/masqclip_ns/instances', lambda: camera.publish(image_msg(7))
+        )
+        assert output.header.stamp.sec == 7
+
+
+def test_compressed_input(tmp_path) -> None:
+    with node_in_namespace(tmp_path, '/jpeg', {'input.compressed': 'true'}) as (_, client):
+        camera = client.node.create_publisher(CompressedImage, '/jpeg/image/compressed', QOS)
+        ok, jpeg = cv2.imencode('.jpg', image_msg_to_array(image_msg(9))[..., ::-1])
+        assert ok
+        message = CompressedImage(header=stamped(9), format='jpeg', data=jpeg.tobytes())
+        topic = '/jpeg/masqclip_ns/instances'
+        output = first_output(client, topic, lambda: camera.publish(message))
+        assert output.header.stamp.sec == 9 and (output.height, output.width) == (H, W)
 
 
 def bad_image(kind: str) -> Image:
