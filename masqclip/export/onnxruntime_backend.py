@@ -113,6 +113,9 @@ class OnnxRuntimeImageModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
             options.intra_op_num_threads = threads
+        # Idle worker threads would spin-wait for the next frame, taking the cores from the
+        # rest of the robot's processes (and from whatever a benchmark compares with).
+        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
         provider_options = [self._provider_options(name, engine_cache_dir) for name in names]
         self.session = ort.InferenceSession(
             str(onnx_path),
