@@ -182,6 +182,20 @@ def evaluate(
     return metrics
 
 
+def evaluate_eval_set(
+    network: MasQCLIP,
+    config: dict,
+    eval_set: tuple[CocoDataset, CategorySplit | None],
+    eval_cfg: dict,
+    device: str | torch.device,
+) -> dict[str, float]:
+    """``evaluate`` on a recipe's evaluation set (see ``data.load_eval_set``), with the tasks
+    and image cap of its ``eval`` section."""
+    dataset, split = eval_set
+    tasks, max_images = eval_cfg['tasks'], int(eval_cfg['max_images'])
+    return evaluate(network, config, dataset, split, tasks, max_images, device)
+
+
 def parse_tasks(text: str) -> tuple[str, ...]:
     tasks = tuple(t.strip() for t in text.split(',') if t.strip())
     allowed = (*TASKS, PROPOSALS)

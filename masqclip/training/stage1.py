@@ -37,7 +37,7 @@ from masqclip.training.data import (
     lsj_from_recipe,
     make_loader,
 )
-from masqclip.training.evaluate import evaluate
+from masqclip.training.evaluate import evaluate_eval_set
 from masqclip.training.losses import CriterionCfg, MatcherCfg, SetCriterion
 from masqclip.training.pseudo_labels import PseudoLabelCfg, add_pseudo_masks
 from masqclip.training.recipe import RecipeError, require
@@ -173,15 +173,7 @@ def train_stage1(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
     )
 
     def evaluate_now() -> dict[str, float]:
-        metrics = evaluate(
-            network,
-            config,
-            eval_set[0],
-            eval_set[1],
-            eval_cfg['tasks'],
-            int(eval_cfg['max_images']),
-            device,
-        )
+        metrics = evaluate_eval_set(network, config, eval_set, eval_cfg, device)
         network.proposer.train()
         return metrics
 

@@ -35,7 +35,7 @@ from masqclip.training.data import (
     lsj_from_recipe,
     make_loader,
 )
-from masqclip.training.evaluate import evaluate
+from masqclip.training.evaluate import evaluate_eval_set
 from masqclip.training.masq_tuning import (
     assign_proposals,
     classification_loss,
@@ -167,15 +167,7 @@ def train_stage2(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
         )
 
     def evaluate_now() -> dict[str, float]:
-        return evaluate(
-            network,
-            config,
-            eval_set[0],
-            eval_set[1],
-            eval_cfg['tasks'],
-            int(eval_cfg['max_images']),
-            device,
-        )
+        return evaluate_eval_set(network, config, eval_set, eval_cfg, device)
 
     def eval_fn(global_step: int) -> None:
         engine.run_eval(evaluate_now, global_step, eval_log, train_log, run_dir)
