@@ -61,6 +61,18 @@ hash_of() {
   cat "$@" | sha256sum | cut -d' ' -f1
 }
 
+# launch, launch_ros and ros2cli are not on PyPI: pure-Python wheels of them live beside the
+# checkout (see its README). pip pulls in the rest (ros-launch, ros-ros2cli, ...) from there.
+cli_dir=$(dirname "$root")/shared/ros-wheels
+cli_wheels=(
+  ros-ros2launch ros-launch-ros ros-launch-xml ros-launch-yaml ros-ros2topic ros-ros2service
+  ros-ros2node ros-ros2lifecycle ros-ros2param ros-ros2pkg ros-ros2run ros-ros2interface
+)
+
+install_cli_wheels() {
+  "$PY" -m pip install --quiet --find-links "$cli_dir" "${cli_wheels[@]}"
+}
+
 mkdir -p "$VENV/.build"
 # The PATH entry lets cmake and the generators find the venv's tools (rosidl, ament).
 export PATH="$VENV/bin:$PATH"
@@ -82,6 +94,23 @@ step vision-msgs "$(hash_of "$fixture"/CMakeLists.txt "$fixture"/package.xml "$f
   build_package vision_msgs "$root/$fixture"
 step interfaces "$pkg_hash" build_package masqclip_ros "$root" \
   -DMASQCLIP_ROS_INSTALL_LIBRARY=OFF -DAMENT_CMAKE_SYMLINK_INSTALL=ON
+
+if [ -d "$cli_dir" ]; then
+  ci=$cli_dir/composition_interfaces
+  "$PY" -c 'import ros2launch, ros2cli, composition_interfaces.srv' 2>/dev/null \
+    || rm -f "$VENV/.masqclip-ros-cli-wheels" "$VENV/.masqclip-ros-composition-interfaces"
+  # The wheel names hashed too: a new wheel version in the folder is installed.
+  step cli-wheels "$( { printf '%s\n' "${cli_wheels[@]}"; ls "$cli_dir"; } | sha256sum \
+    | cut -d' ' -f1)" install_cli_wheels
+  # launch_ros imports composition_interfaces.srv at import time; it is a rosidl package.
+  step composition-interfaces "$(hash_of "$ci"/CMakeLists.txt "$ci"/package.xml "$ci"/srv/*)" \
+    build_package composition_interfaces "$ci"
+  "$PY" -c 'import ros2launch, launch_ros.actions' \
+    && echo "setup_ros: ok (ros2 launch and the ros2 CLI from $cli_dir)"
+else
+  echo "setup_ros: no $cli_dir (wheels of launch, launch_ros and ros2cli, not on PyPI):" \
+    "the ros2 CLI / launch tests will be skipped"
+fi
 
 "$PY" -c 'import rclpy, masqclip_ros.msg, masqclip_ros.srv, vision_msgs.msg' \
   && echo "setup_ros: ok (ROS 2 Kilted wheels, masqclip_ros interfaces, vision_msgs fixture)"
