@@ -17,7 +17,7 @@ import torch
 
 from masqclip.checkpoint import save_checkpoint
 from masqclip.export import (
-    INPUT_NAME,
+    INPUT_NAMES,
     OUTPUT_NAMES,
     EngineCache,
     EngineKey,
@@ -51,8 +51,17 @@ def tiny_onnx(tiny_model, tmp_path_factory):
     return export_onnx(network, config, path, SIZE, model_name='test_tiny')
 
 
-def _images(seed: int = 0, size: tuple[int, int] = SIZE) -> torch.Tensor:
-    return torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(seed)) * 255
+CONTENT = (64, 85)  # (h, w) of a frame's content inside the SIZE canvas: the rest is padding
+
+
+def _inputs(
+    seed: int = 0, size: tuple[int, int] = SIZE, content: tuple[int, int] = CONTENT
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A black-padded random canvas and its content size, as the predictor makes them."""
+    images = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(seed)) * 255
+    images[..., content[0] :, :] = 0
+    images[..., content[1] :] = 0
+    return images, torch.tensor([content])
 
 
 def test_network_input_size_is_the_predictors_padded_size(tiny_model):
@@ -73,7 +82,8 @@ def test_onnx_graph_names_fixed_shapes_and_metadata(tiny_model, tiny_onnx):
     }
     queries = config['proposer']['decoder']['num_queries']
     assert dims == {
-        INPUT_NAME: [1, 3, *SIZE],
+        INPUT_NAMES[0]: [1, 3, *SIZE],
+        INPUT_NAMES[1]: [1, 2],
         'mask_logits': [1, queries, 16, 24],
         'objectness': [1, queries],
         'mask_embeddings': [1, queries, config['clip']['embed_dim']],
@@ -104,10 +114,10 @@ def test_onnxruntime_cpu_matches_torch(tiny_model, tiny_onnx):
     network, _ = tiny_model
     session = OnnxRuntimeImageModel(tiny_onnx, 'cpu')
     for seed in (0, 1):
-        images = _images(seed)
+        inputs = _inputs(seed)
         with torch.inference_mode():
-            expected = network(images)
-        outputs = session(images)
+            expected = network(*inputs)
+        outputs = session(*inputs)
         for name, got, want in zip(OUTPUT_NAMES, outputs, expected, strict=True):
             assert got.dtype == torch.float32 and got.shape == want.shape, name
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=name)
@@ -116,33 +126,36 @@ def test_onnxruntime_cpu_matches_torch(tiny_model, tiny_onnx):
 def test_onnxruntime_refuses_another_input_shape(tiny_onnx):
     session = OnnxRuntimeImageModel(tiny_onnx, 'cpu')
     with pytest.raises(InputSizeError, match='64, 96'):
-        session(_images(size=(64, 64)))
+        session(*_inputs(size=(64, 64)))
 
 
 def test_canvas_letter_pads_smaller_inputs_and_refuses_larger(tiny_model, tiny_onnx, caplog):
     network, _ = tiny_model
     calls = []
 
-    def recording(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        calls.append(images)
-        return network(images)
+    def recording(images: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        calls.append((images, sizes))
+        return network(images, sizes)
 
     model = FixedSizeImageModel(recording, SIZE)
-    small = _images(size=(64, 64))
+    small, sizes = _inputs(size=(64, 64), content=(64, 50))
     with caplog.at_level(logging.WARNING, logger='masqclip'), torch.inference_mode():
-        mask_logits, objectness, embeddings = model(small)
-        model(small)
-    assert calls[0].shape[-2:] == SIZE
-    assert torch.equal(calls[0][..., :64], small) and not calls[0][..., 64:].any()
+        mask_logits, objectness, embeddings = model(small, sizes)
+        model(small, sizes)
+    canvas, canvas_sizes = calls[0]
+    assert canvas.shape[-2:] == SIZE
+    assert torch.equal(canvas[..., :64], small) and not canvas[..., 64:].any()
+    # The content size travels unchanged: the proposer sees all padding alike.
+    assert torch.equal(canvas_sizes, sizes)
     assert mask_logits.shape[-2:] == (16, 16) and objectness.shape == (1, 10)
     assert sum('letter-padding' in r.message for r in caplog.records) == 1  # once per size
     with pytest.raises(InputSizeError, match='export again'):
-        model(_images(size=(96, 96)))
+        model(*_inputs(size=(96, 96)))
     strict = FixedSizeImageModel(recording, SIZE, on_mismatch='error')
     with pytest.raises(InputSizeError):
-        strict(small)
+        strict(small, sizes)
     with pytest.raises(InputSizeError, match=r'\[1, 3, H, W\]'):
-        model(torch.zeros(2, 3, *SIZE))
+        model(torch.zeros(2, 3, *SIZE), torch.tensor([SIZE, SIZE]))
 
 
 def test_predictor_on_onnxruntime_matches_torch(tiny_model, tiny_onnx, tmp_path, rng):
@@ -338,9 +351,9 @@ def test_cli_exports_fp16_from_a_checkpoint(tiny_model, tmp_path, capsys):
     assert metadata['weights'] == fingerprint_image_path(network)
     assert len(metadata['checkpoint_sha256']) == 64
     # float16 inside, float32 at the boundary: the same contract, close to torch fp32.
-    outputs = OnnxRuntimeImageModel(out, 'cpu')(_images())
+    outputs = OnnxRuntimeImageModel(out, 'cpu')(*_inputs())
     with torch.inference_mode():
-        expected = network(_images())
+        expected = network(*_inputs())
     for got, want in zip(outputs, expected, strict=True):
         assert got.dtype == torch.float32
         torch.testing.assert_close(got, want, atol=0.05, rtol=0.05)
@@ -372,10 +385,10 @@ def test_tensorrt_fp16_matches_torch(tiny_model, tmp_path, caplog):
     text = torch.nn.functional.normalize(torch.randn(5, config['clip']['embed_dim']), dim=-1)
     ious, agree = [], []
     for seed in range(3):
-        images = _images(seed).cuda()
+        inputs = [t.cuda() for t in _inputs(seed)]
         with torch.inference_mode():
-            want = [t.float().cpu() for t in network(images)]
-            got = [t.float().cpu() for t in image_model(images)]
+            want = [t.float().cpu() for t in network(*inputs)]
+            got = [t.float().cpu() for t in image_model(*inputs)]
         masks_got, masks_want = got[0][0] > 0, want[0][0] > 0
         union = (masks_got | masks_want).flatten(1).sum(1)
         inter = (masks_got & masks_want).flatten(1).sum(1)
@@ -411,10 +424,10 @@ def test_onnxruntime_cuda_io_binding_matches_torch(tiny_model, tiny_onnx):
         pytest.skip('onnxruntime-gpu is not installed')
     network, _ = tiny_model
     network = copy.deepcopy(network).cuda()
-    images = _images().cuda()
-    got = OnnxRuntimeImageModel(tiny_onnx, 'cuda')(images)
+    inputs = [t.cuda() for t in _inputs()]
+    got = OnnxRuntimeImageModel(tiny_onnx, 'cuda')(*inputs)
     with torch.inference_mode():
-        want = network(images)
+        want = network(*inputs)
     for a, b in zip(got, want, strict=True):
         assert a.is_cuda
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)

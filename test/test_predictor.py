@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from masqclip.inference.predictor import Predictor, PredictorCfg
 from masqclip.inference.results import UNLABELED
@@ -129,9 +130,9 @@ class CountingImageModel:
     def __init__(self, model):
         self.model, self.calls = model, 0
 
-    def __call__(self, images):
+    def __call__(self, images, image_sizes):
         self.calls += 1
-        return self.model(images)
+        return self.model(images, image_sizes)
 
 
 def test_vocabulary_change_and_find_never_rerun_the_image_model(tiny_model, rng):
@@ -174,3 +175,25 @@ def test_resize_plan_follows_shortest_edge_with_cap():
     assert spec.resized == (800, 1067) and spec.padded == (800, 1088)
     spec = plan_resize(100, 1000, min_size=800, max_size=1333, size_divisibility=32)
     assert spec.resized == (133, 1333) and spec.padded == (160, 1344)
+
+
+def test_padding_is_pixel_mean_for_the_proposer_and_black_for_clip(tiny_model, rng):
+    """The reference normalises, then pads with zeros: the proposer sees the pixel-mean colour
+    in the padding; CLIP gets the raw image padded with black (method.md 1.2)."""
+    network, config = tiny_model
+    predictor = Predictor.from_network(network, config)
+    image = rng.integers(0, 256, (64, 85, 3), dtype=np.uint8)  # padded to 64x96, not resized
+    content = torch.from_numpy(image).permute(2, 0, 1).float()[None]
+    black = torch.zeros(1, 3, 64, 96)
+    black[..., :85] = content
+    mean = network.proposer.pixel_mean.expand(1, 3, 64, 96).clone()
+    mean[..., :85] = content
+    with torch.inference_mode():
+        proposals = network.proposer(mean)
+        want_logits = proposals['pred_masks'][0, :, :, :21]
+        want_objectness = proposals['pred_logits'].softmax(-1)[0, :, 0]
+        want_embeddings = network.mask_clip(network.clip_input(black), proposals['pred_masks'])
+    got = predictor.predict(image).proposals
+    torch.testing.assert_close(torch.from_numpy(got.mask_logits), want_logits)
+    torch.testing.assert_close(torch.from_numpy(got.objectness), want_objectness)
+    torch.testing.assert_close(torch.from_numpy(got.embeddings), want_embeddings[0])

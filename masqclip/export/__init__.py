@@ -15,7 +15,7 @@ from masqclip.export.errors import (
 )
 from masqclip.export.image_model import EXPORT_BACKENDS, build_image_model, ensure_onnx
 from masqclip.export.onnx import (
-    INPUT_NAME,
+    INPUT_NAMES,
     OUTPUT_NAMES,
     export_onnx,
     fingerprint_image_path,
@@ -25,7 +25,7 @@ from masqclip.export.onnx import (
 __all__ = [
     'DEFAULT_CACHE_DIR',
     'EXPORT_BACKENDS',
-    'INPUT_NAME',
+    'INPUT_NAMES',
     'OUTPUT_NAMES',
     'BackendUnavailableError',
     'EngineBuildError',

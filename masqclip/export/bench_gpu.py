@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from masqclip.export.canvas import network_input_size
 from masqclip.export.command import parse_frame_size
 from masqclip.export.engine_cache import DEFAULT_CACHE_DIR
 from masqclip.export.image_model import build_image_model
 from masqclip.factory import build_model
+from masqclip.inference.transforms import plan_resize
 
 MIB = 2**20
 
@@ -59,17 +59,23 @@ def measure(
     torch.manual_seed(0)
     network, config = build_model(model)
     network = network.to(device).eval()
-    input_size = network_input_size(config, *frame_size)
-    images = torch.rand(1, 3, *input_size, device=device) * 255
+    # The frame's content fills the network input up to its resized size; the rest is padding.
+    pre = config['preprocess']
+    plan = plan_resize(*frame_size, pre['min_size'], pre['max_size'], pre['size_divisibility'])
+    input_size = plan.padded
+    inputs = (
+        torch.rand(1, 3, *input_size, device=device) * 255,
+        torch.tensor([plan.resized], device=device),
+    )
     weights_mib = sum(p.numel() * p.element_size() for p in network.parameters()) / MIB
 
-    def torch_fp16(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def torch_fp16(images: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with torch.autocast('cuda', dtype=torch.float16):
-            return network(x)
+            return network(images, sizes)
 
     results: dict[str, dict[str, float]] = {
-        'torch_fp32': _run(network, images, runs),
-        'torch_fp16': _run(torch_fp16, images, runs),
+        'torch_fp32': _run(network, inputs, runs),
+        'torch_fp16': _run(torch_fp16, inputs, runs),
     }
     free_before = torch.cuda.mem_get_info(device)[0]
     engine = build_image_model(
@@ -82,13 +88,13 @@ def measure(
         engine_cache_dir=engine_cache_dir,
         model_name=model,
     )
-    results['tensorrt_fp16'] = _run(engine, images, runs)
+    results['tensorrt_fp16'] = _run(engine, inputs, runs)
     results['tensorrt_fp16']['engine_device_mib'] = (
         free_before - torch.cuda.mem_get_info(device)[0]
     ) / MIB
     with torch.inference_mode():
-        reference = network(images)
-        fast = engine(images)
+        reference = network(*inputs)
+        fast = engine(*inputs)
     masks_ref, masks_fast = reference[0] > 0, fast[0].float() > 0
     union = (masks_ref | masks_fast).flatten(2).sum(-1).clamp(min=1)
     iou = ((masks_ref & masks_fast).flatten(2).sum(-1) / union).mean()
@@ -111,16 +117,18 @@ def measure(
     }
 
 
-def _run(image_model: Callable, images: torch.Tensor, runs: int) -> dict[str, float]:
-    device = images.device
+def _run(
+    image_model: Callable, inputs: tuple[torch.Tensor, torch.Tensor], runs: int
+) -> dict[str, float]:
+    device = inputs[0].device
     with torch.inference_mode():
         for _ in range(5):
-            image_model(images)
+            image_model(*inputs)
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         for _ in range(runs):
-            image_model(images)
+            image_model(*inputs)
         torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
     return {

@@ -3,12 +3,14 @@
 An exported graph has a fixed input size (the feature-map sizes are Python ints at export
 time). The export size is the padded network input of the configured camera resolution
 (``network_input_size``). A frame whose padded input is smaller is letter-padded into the
-export canvas (zeros at the bottom and right, as the predictor's own padding) and the mask
-logits cropped back; a larger one is refused with ``InputSizeError``.
+export canvas (zeros at the bottom and right, as the predictor's own padding, with the same
+content size) and the mask logits cropped back; a larger one is refused with
+``InputSizeError``.
 
-Letter-padding is exact for the proposer's padding convention but not for CLIP: CLIP sees the
-whole canvas squashed to its input size (method.md 1.2), so more padding means a smaller
-image in CLIP's view. Frames at the configured resolution are unaffected.
+Letter-padding is exact for the proposer (it sees all padding as the pixel-mean colour) but
+not for CLIP: CLIP sees the whole canvas squashed to its input size (method.md 1.2), so more
+padding means a smaller image in CLIP's view. Frames at the configured resolution are
+unaffected.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def validate_input_size(config: dict, input_size: tuple[int, int]) -> tuple[int,
 class FixedSizeImageModel:
     """Runs a fixed-input image model on images of any padded size that fits its canvas.
 
-    :param image_model: takes exactly [B, 3, Hp, Wp] = ``(batch, 3, *input_size)``.
+    :param image_model: takes images of exactly [B, 3, Hp, Wp] = ``(batch, 3, *input_size)``
+        and their content sizes.
     :param input_size: (Hp, Wp) the model was exported at.
     :param on_mismatch: 'pad' letter-pads smaller inputs into the canvas (a warning once per
         size); 'error' refuses every input of another size.
@@ -86,11 +89,14 @@ class FixedSizeImageModel:
         self.batch_size = batch_size
         self._warned: set[tuple[int, int]] = set()
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, image_sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the image path.
 
         :param images: float [B, 3, H, W] RGB 0-255, H <= Hp and W <= Wp (or equal with
             ``on_mismatch='error'``).
+        :param image_sizes: int [B, 2], the (h, w) of the content in each image.
         :return: mask logits [B, Q, H/4, W/4], objectness [B, Q], mask embeddings [B, Q, D].
         :raises InputSizeError: for a batch size or a frame that does not fit.
         """
@@ -101,7 +107,7 @@ class FixedSizeImageModel:
             )
         size = (int(images.shape[2]), int(images.shape[3]))
         if size == self.input_size:
-            return self.image_model(images)
+            return self.image_model(images, image_sizes)
         export_h, export_w = self.input_size
         if self.on_mismatch == 'error' or size[0] > export_h or size[1] > export_w:
             raise InputSizeError(
@@ -121,6 +127,6 @@ class FixedSizeImageModel:
                 export_w,
             )
         canvas = F.pad(images, (0, export_w - size[1], 0, export_h - size[0]))
-        mask_logits, objectness, embeddings = self.image_model(canvas)
+        mask_logits, objectness, embeddings = self.image_model(canvas, image_sizes)
         rows, cols = size[0] // MASK_STRIDE, size[1] // MASK_STRIDE
         return mask_logits[..., :rows, :cols], objectness, embeddings

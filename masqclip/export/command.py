@@ -167,10 +167,11 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
         return 0
     model = TensorRTImageModel(engine, args.device)
     images = torch.rand(model.input_shape, device=model.device) * 255
+    sizes = torch.tensor([model.input_size], device=model.device)
     times = []
     for _ in range(args.runs):
         start = time.perf_counter()
-        model(images)
+        model(images, sizes)
         torch.cuda.synchronize(model.device)
         times.append(time.perf_counter() - start)
     median = statistics.median(times)

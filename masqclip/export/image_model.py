@@ -17,6 +17,7 @@ from masqclip.export.canvas import FixedSizeImageModel, validate_input_size
 from masqclip.export.engine_cache import DEFAULT_CACHE_DIR
 from masqclip.export.errors import ExportError
 from masqclip.export.onnx import (
+    EXPORT_VERSION,
     PRECISIONS,
     check_onnx_metadata,
     export_input_size,
@@ -46,7 +47,8 @@ def ensure_onnx(
     :param network: the model; None uses ``onnx_path`` as it is (no weights check).
     :param input_size: (Hp, Wp); None takes the size stored in an existing ``onnx_path``.
     :param cache_dir: where exports are kept when ``onnx_path`` is None, named after the model,
-        size, precision and weights, so other weights never pick up a stale file.
+        size, precision, export version and weights, so other weights or an older graph
+        never pick up a stale file.
     :param onnx_path: a file to use (checked against the network) or to export to.
     :return: the export's path.
     :raises ExportError: for an ``onnx_path`` made from other weights, size or precision, or
@@ -66,7 +68,8 @@ def ensure_onnx(
         height, width = input_size
         onnx_path = (
             Path(cache_dir).expanduser()
-            / f'{model_name or "masqclip"}-{height}x{width}-{precision}-{weights}.onnx'
+            / f'{model_name or "masqclip"}-{height}x{width}-{precision}-v{EXPORT_VERSION}-'
+            f'{weights}.onnx'
         )
     onnx_path = Path(onnx_path)
     if onnx_path.is_file():

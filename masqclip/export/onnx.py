@@ -1,6 +1,7 @@
 """ONNX export of MasQCLIP's vocabulary-free image path (proposer + CLIP with mask tokens).
 
-The graph takes ``images`` (float32 [1, 3, Hp, Wp], RGB 0-255, zero-padded) and returns
+The graph takes ``images`` (float32 [1, 3, Hp, Wp], RGB 0-255, zero-padded) and
+``image_sizes`` (int64 [1, 2], the (h, w) of the content before padding) and returns
 ``mask_logits``, ``objectness`` and ``mask_embeddings`` (float32, as ``MasQCLIP.forward``). Text
 stays outside, so a new vocabulary never needs a new export. The input size is fixed per file:
 the proposer's feature-map sizes are Python ints when the graph is traced.
@@ -38,12 +39,15 @@ from masqclip.modeling.masqclip import MasQCLIP
 
 logger = logging.getLogger('masqclip')
 
-INPUT_NAME = 'images'
+INPUT_NAMES = ('images', 'image_sizes')
 OUTPUT_NAMES = ('mask_logits', 'objectness', 'mask_embeddings')
 PRECISIONS = ('fp32', 'fp16')
 # torch's exporter has no implementations below opset 18 (asking for 17 yields 18 anyway).
 DEFAULT_OPSET = 18
-FORMAT = 'masqclip_ros.image_path/1'
+# Version 2: the proposer sees its padding as the pixel-mean colour (the image_sizes input);
+# version-1 files and the engines built from them are never reused.
+EXPORT_VERSION = 2
+FORMAT = f'masqclip_ros.image_path/{EXPORT_VERSION}'
 METADATA_PREFIX = 'masqclip.'
 
 
@@ -59,8 +63,10 @@ class _HalfImagePath(nn.Module):
         super().__init__()
         self.network = copy.deepcopy(network).half()
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        outputs = self.network(images.half())
+    def forward(
+        self, images: torch.Tensor, image_sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        outputs = self.network(images.half(), image_sizes)
         return tuple(t.float() for t in outputs)
 
 
@@ -144,7 +150,10 @@ def export_onnx(
     network.eval()
     module = _HalfImagePath(network).eval() if precision == 'fp16' else network
     device = next(network.parameters()).device
-    example = torch.zeros(1, 3, height, width, device=device)
+    example = (
+        torch.zeros(1, 3, height, width, device=device),
+        torch.tensor([[height, width]], device=device),
+    )
     logger.info(
         'exporting the %s image path at %dx%d (%s, opset %d) to %s',
         model_name or 'model',
@@ -158,9 +167,9 @@ def export_onnx(
     try:
         program = torch.onnx.export(
             module,
-            (example,),
+            example,
             None,
-            input_names=[INPUT_NAME],
+            input_names=list(INPUT_NAMES),
             output_names=list(OUTPUT_NAMES),
             opset_version=opset,
             dynamo=True,

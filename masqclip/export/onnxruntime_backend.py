@@ -19,7 +19,7 @@ import torch
 
 from masqclip.export.engine_cache import DEFAULT_CACHE_DIR
 from masqclip.export.errors import BackendUnavailableError, InputSizeError
-from masqclip.export.onnx import INPUT_NAME, OUTPUT_NAMES
+from masqclip.export.onnx import INPUT_NAMES, OUTPUT_NAMES
 
 logger = logging.getLogger('masqclip')
 
@@ -29,6 +29,8 @@ TENSORRT_PROVIDER = 'TensorrtExecutionProvider'
 GPU_PROVIDERS = (CUDA_PROVIDER, TENSORRT_PROVIDER)
 
 _NUMPY_TYPES = {'tensor(float)': np.float32, 'tensor(float16)': np.float16}
+# The graph's inputs in the order of INPUT_NAMES: torch dtype -> numpy dtype.
+_INPUT_DTYPES = {torch.float32: np.float32, torch.int64: np.int64}
 
 
 def import_onnxruntime() -> ModuleType:
@@ -127,7 +129,7 @@ class OnnxRuntimeImageModel:
         logger.info('onnxruntime session on %s with %s', self.device, self.providers)
         inputs = self.session.get_inputs()
         outputs = {o.name: o for o in self.session.get_outputs()}
-        if [i.name for i in inputs] != [INPUT_NAME] or set(outputs) != set(OUTPUT_NAMES):
+        if tuple(i.name for i in inputs) != INPUT_NAMES or set(outputs) != set(OUTPUT_NAMES):
             raise ValueError(
                 f'{onnx_path} is not a MasQCLIP image-path export (inputs '
                 f'{[i.name for i in inputs]}, outputs {sorted(outputs)})'
@@ -152,10 +154,13 @@ class OnnxRuntimeImageModel:
             }
         return {}
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, image_sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the session.
 
         :param images: float [1, 3, Hp, Wp] RGB 0-255 at the export's size.
+        :param image_sizes: int [1, 2], the (h, w) of the content before padding.
         :return: mask logits [1, Q, Hp/4, Wp/4], objectness [1, Q], mask embeddings [1, Q, D]
             on this model's device.
         :raises InputSizeError: for another input shape.
@@ -165,13 +170,16 @@ class OnnxRuntimeImageModel:
                 f'the ONNX model takes {list(self.input_shape)} images, got {list(images.shape)}'
             )
         if self.device.type == 'cuda':
-            return self._run_bound(images)
-        array = images.detach().to('cpu', torch.float32).contiguous().numpy()
-        outputs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: array})
+            return self._run_bound(images, image_sizes)
+        feeds = {
+            name: tensor.numpy() for name, tensor in _typed_inputs(images, image_sizes, 'cpu')
+        }
+        outputs = self.session.run(list(OUTPUT_NAMES), feeds)
         return tuple(torch.from_numpy(output) for output in outputs)
 
-    def _run_bound(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        images = images.detach().to(self.device, torch.float32).contiguous()
+    def _run_bound(
+        self, images: torch.Tensor, image_sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         outputs = [
             torch.empty(
                 shape, dtype=torch.from_numpy(np.zeros(0, dtype)).dtype, device=self.device
@@ -179,14 +187,16 @@ class OnnxRuntimeImageModel:
             for _, shape, dtype in self._outputs
         ]
         binding = self.session.io_binding()
-        binding.bind_input(
-            INPUT_NAME,
-            'cuda',
-            self.device.index,
-            np.float32,
-            list(images.shape),
-            images.data_ptr(),
-        )
+        inputs = _typed_inputs(images, image_sizes, self.device)  # alive until the run ends
+        for name, tensor in inputs:
+            binding.bind_input(
+                name,
+                'cuda',
+                self.device.index,
+                _INPUT_DTYPES[tensor.dtype],
+                list(tensor.shape),
+                tensor.data_ptr(),
+            )
         for (name, shape, dtype), output in zip(self._outputs, outputs, strict=True):
             binding.bind_output(
                 name, 'cuda', self.device.index, dtype, list(shape), output.data_ptr()
@@ -195,3 +205,14 @@ class OnnxRuntimeImageModel:
         torch.cuda.current_stream(self.device).synchronize()
         self.session.run_with_iobinding(binding)
         return tuple(outputs)
+
+
+def _typed_inputs(
+    images: torch.Tensor, image_sizes: torch.Tensor, device: str | torch.device
+) -> list[tuple[str, torch.Tensor]]:
+    """The graph's inputs by name: contiguous, on ``device``, in the dtypes it takes."""
+    tensors = (images, image_sizes)
+    return [
+        (name, tensor.detach().to(device, dtype).contiguous())
+        for name, tensor, dtype in zip(INPUT_NAMES, tensors, _INPUT_DTYPES, strict=True)
+    ]

@@ -22,7 +22,7 @@ import torch
 from masqclip.export.engine_cache import DEFAULT_CACHE_DIR, EngineCache, EngineKey
 from masqclip.export.errors import BackendUnavailableError, EngineBuildError, InputSizeError
 from masqclip.export.onnx import (
-    INPUT_NAME,
+    INPUT_NAMES,
     OUTPUT_NAMES,
     check_onnx_metadata,
     export_input_size,
@@ -233,13 +233,18 @@ class TensorRTImageModel:
             self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        if inputs != [INPUT_NAME] or sorted(set(names) - {INPUT_NAME}) != sorted(OUTPUT_NAMES):
+        if tuple(inputs) != INPUT_NAMES or sorted(set(names) - set(inputs)) != sorted(
+            OUTPUT_NAMES
+        ):
             raise EngineBuildError(
                 f'{engine_path} has I/O tensors {names}; expected '
-                f'{INPUT_NAME!r} -> {OUTPUT_NAMES}: it is not a MasQCLIP '
-                'image-path engine'
+                f'{INPUT_NAMES} -> {OUTPUT_NAMES}: it is not a MasQCLIP '
+                'image-path engine (or one exported before version 2; delete it)'
             )
-        self.input_shape = tuple(self._engine.get_tensor_shape(INPUT_NAME))
+        self.input_shape = tuple(self._engine.get_tensor_shape(INPUT_NAMES[0]))
+        self._input_dtypes = [
+            _torch_dtype(trt, self._engine.get_tensor_dtype(name)) for name in INPUT_NAMES
+        ]
         self._outputs = [
             (
                 name,
@@ -260,10 +265,13 @@ class TensorRTImageModel:
         """(Hp, Wp) the engine takes."""
         return int(self.input_shape[2]), int(self.input_shape[3])
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, image_sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the engine.
 
         :param images: float [1, 3, Hp, Wp] RGB 0-255 at the engine's size (any device).
+        :param image_sizes: int [1, 2], the (h, w) of the content before padding.
         :return: mask logits [1, Q, Hp/4, Wp/4], objectness [1, Q], mask embeddings [1, Q, D],
             CUDA tensors in the engine's output dtypes (float32 for this project's exports).
         :raises InputSizeError: for another input shape.
@@ -272,13 +280,17 @@ class TensorRTImageModel:
             raise InputSizeError(
                 f'the engine takes {list(self.input_shape)} images, got {list(images.shape)}'
             )
-        images = images.to(self.device, torch.float32).contiguous()
+        inputs = [
+            tensor.to(self.device, dtype).contiguous()
+            for tensor, dtype in zip((images, image_sizes), self._input_dtypes, strict=True)
+        ]
         outputs = [
             torch.empty(shape, dtype=dtype, device=self.device)
             for _, shape, dtype in self._outputs
         ]
         with self._lock:
-            self._context.set_tensor_address(INPUT_NAME, images.data_ptr())
+            for name, tensor in zip(INPUT_NAMES, inputs, strict=True):
+                self._context.set_tensor_address(name, tensor.data_ptr())
             for (name, _, _), output in zip(self._outputs, outputs, strict=True):
                 self._context.set_tensor_address(name, output.data_ptr())
             stream = torch.cuda.current_stream(self.device)
@@ -292,8 +304,9 @@ class TensorRTImageModel:
             return 0.0
         start = time.perf_counter()
         zeros = torch.zeros(self.input_shape, device=self.device)
+        sizes = torch.tensor([self.input_size], device=self.device)
         for _ in range(runs):
-            self(zeros)
+            self(zeros, sizes)
         torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
         logger.info('TensorRT engine warmed up (%d runs, %.2f s)', runs, seconds)

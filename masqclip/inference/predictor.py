@@ -51,9 +51,12 @@ logger = logging.getLogger('masqclip')
 
 TASKS = ('instance', 'semantic', 'panoptic')
 
-ImageModel = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-"""Images [B, 3, Hp, Wp] (RGB 0-255) -> mask logits [B, Q, Hp/4, Wp/4], objectness [B, Q],
-mask embeddings [B, Q, D]: the vocabulary-free image path, whatever backend runs it."""
+ImageModel = Callable[
+    [torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+]
+"""(images [B, 3, Hp, Wp] (RGB 0-255, black padding), image sizes int [B, 2] (the (h, w) of
+the content before padding)) -> mask logits [B, Q, Hp/4, Wp/4], objectness [B, Q], mask
+embeddings [B, Q, D]: the vocabulary-free image path, whatever backend runs it."""
 
 
 @dataclass(frozen=True)
@@ -261,7 +264,8 @@ class Predictor:
         clock.lap('preprocess')
 
         with torch.inference_mode():
-            mask_logits, objectness, embeddings = self._image_model(images)
+            image_sizes = torch.tensor([spec.resized], device=self.device)
+            mask_logits, objectness, embeddings = self._image_model(images, image_sizes)
             mask_logits, objectness, embeddings = (
                 t[0].float() for t in (mask_logits, objectness, embeddings)
             )
@@ -475,9 +479,11 @@ def _torch_image_model(network: torch.nn.Module, device: str, precision: str) ->
     if torch.device(device).type != 'cuda':
         raise ValueError('fp16 needs a CUDA device; use precision fp32 on the CPU')
 
-    def run_fp16(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def run_fp16(
+        images: torch.Tensor, image_sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with torch.autocast('cuda', dtype=torch.float16):
-            return network(images)
+            return network(images, image_sizes)
 
     return run_fp16
 

@@ -54,14 +54,19 @@ class MasQCLIP(nn.Module):
         squashed = F.interpolate(images, size=size, mode='bicubic', align_corners=False)
         return (squashed - self.clip_mean) / self.clip_std
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self, images: Tensor, image_sizes: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Propose masks and embed each with CLIP.
 
-        :param images: float [B, 3, Hp, Wp], RGB 0-255, zero-padded to a multiple of 32.
+        :param images: float [B, 3, Hp, Wp], RGB 0-255, zero-padded (black) to a multiple of
+            32: CLIP sees this canvas as it is.
+        :param image_sizes: int [B, 2], the (h, w) of the content in each canvas; the proposer
+            sees its padding as the pixel-mean colour (method.md 1.2). None: no padding.
         :return: mask logits [B, Q, Hp/4, Wp/4]; objectness p_obj [B, Q]; L2-normalised mask
             embeddings [B, Q, D].
         """
-        proposals = self.proposer(images)
+        proposals = self.proposer(images, image_sizes)
         mask_logits = proposals['pred_masks']
         objectness = proposals['pred_logits'].softmax(-1)[..., 0]
         embeddings = self.mask_clip(self.clip_input(images), mask_logits)

@@ -52,11 +52,16 @@ class MaskProposer(nn.Module):
             'pixel_std', torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False
         )
 
-    def forward(self, images: Tensor) -> dict[str, Tensor | list[dict[str, Tensor]]]:
+    def forward(
+        self, images: Tensor, image_sizes: Tensor | None = None
+    ) -> dict[str, Tensor | list[dict[str, Tensor]]]:
         """Propose masks for a batch of padded images.
 
-        :param images: float [B, 3, H, W], RGB in 0-255, H and W multiples of 32 (pad with
-            zeros at the bottom/right).
+        :param images: float [B, 3, H, W], RGB in 0-255, H and W multiples of 32 (content at
+            the top left, padding at the bottom/right).
+        :param image_sizes: int [B, 2], the (h, w) of each image's content; the padding outside
+            it is set to zero after normalisation, i.e. the pixel-mean colour, as the reference
+            pads (method.md 1.2). None: the whole canvas is content (training crops).
         :return: ``{'pred_logits': float [B, Q, 2] (index 0 "object", 1 "no-object"),
             'pred_masks': float [B, Q, H/4, W/4] mask logits, 'aux_outputs': list of
             ``dec_layers`` dicts with the same two keys (earlier predictions)}``.
@@ -71,9 +76,22 @@ class MaskProposer(nn.Module):
                 f'(bottom/right, zeros) to a multiple of {SIZE_DIVISIBILITY} first'
             )
         x = (images - self.pixel_mean) / self.pixel_std
+        if image_sizes is not None:
+            x = x.masked_fill(~content_mask(image_sizes, h, w), 0.0)
         features = self.backbone(x)
         mask_features, multi_scale = self.pixel_decoder(features)
         return self.decoder(multi_scale, mask_features)
+
+
+def content_mask(image_sizes: Tensor, height: int, width: int) -> Tensor:
+    """bool [B, 1, height, width]: True inside each image's (h, w) content, False in its
+    padding.
+
+    Built from comparisons with ``arange`` (no data-dependent shapes), so it exports to ONNX.
+    """
+    rows = torch.arange(height, device=image_sizes.device) < image_sizes[:, :1]
+    cols = torch.arange(width, device=image_sizes.device) < image_sizes[:, 1:]
+    return rows[:, None, :, None] & cols[:, None, None, :]
 
 
 def _section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
