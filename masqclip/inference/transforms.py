@@ -1,19 +1,21 @@
 """Image checks and the geometric transforms between a user's image and the network input.
 
-The proposer sees the image resized so its short side is ``min_size`` (long side capped at
-``max_size``), zero-padded on the right and bottom to a multiple of ``size_divisibility``
-(black padding at test time, method.md trap 5). Masks come back at 1/4 of the padded size and
-are mapped back to the original image here.
+The network input is the image resized so its short side is ``min_size`` (long side capped at
+``max_size``) with PIL's bilinear filter, as detectron2's ``ResizeShortestEdge`` (it
+antialiases when shrinking, OpenCV's ``INTER_LINEAR`` does not), then zero-padded on the right
+and bottom to a multiple of ``size_divisibility``. That black canvas is what CLIP sees; the
+proposer sees its padding as the pixel-mean colour (``MaskProposer``). Masks come back at 1/4
+of the padded size and are mapped back to the original image here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 MIN_SIDE = 16
 """Smaller images hold nothing a 14-16 px CLIP patch can classify."""
@@ -73,11 +75,14 @@ class ResizeSpec:
 def plan_resize(
     height: int, width: int, min_size: int, max_size: int, size_divisibility: int
 ) -> ResizeSpec:
-    """Shortest-edge resize (detectron2's ``ResizeShortestEdge`` rule) plus padding."""
+    """Shortest-edge resize plus padding, with detectron2's ``ResizeShortestEdge`` arithmetic
+    (the short side exactly ``min_size``, sides rounded half up)."""
     scale = min_size / min(height, width)
-    if max(height, width) * scale > max_size:
-        scale = max_size / max(height, width)
-    resized = (max(1, round(height * scale)), max(1, round(width * scale)))
+    new_h, new_w = (min_size, scale * width) if height < width else (scale * height, min_size)
+    if max(new_h, new_w) > max_size:
+        shrink = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * shrink, new_w * shrink
+    resized = (max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5)))
     padded = tuple(-(-side // size_divisibility) * size_divisibility for side in resized)
     return ResizeSpec((height, width), resized, padded)
 
@@ -89,10 +94,19 @@ def image_to_tensor(image_rgb: np.ndarray, spec: ResizeSpec) -> torch.Tensor:
     """
     h, w = spec.resized
     if (h, w) != spec.original:
-        image_rgb = cv2.resize(image_rgb, (w, h), interpolation=cv2.INTER_LINEAR)
+        image_rgb = resize_like_detectron2(image_rgb, h, w)
     canvas = np.zeros((*spec.padded, 3), dtype=np.float32)
     canvas[:h, :w] = image_rgb
     return torch.from_numpy(canvas).permute(2, 0, 1).unsqueeze(0)
+
+
+def resize_like_detectron2(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize a uint8 H x W x C image with PIL's bilinear filter, as detectron2's test-time
+    ``ResizeTransform`` does (antialiased when shrinking)."""
+    resized = Image.fromarray(np.ascontiguousarray(image)).resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
+    return np.asarray(resized)
 
 
 def crop_mask_logits(mask_logits: torch.Tensor, spec: ResizeSpec) -> torch.Tensor:

@@ -1,0 +1,64 @@
+"""The test-time resize and padding, against what the reference (detectron2) does."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from masqclip.inference.transforms import image_to_tensor, plan_resize
+
+EXAMPLES = Path(__file__).resolve().parents[1] / 'examples'
+
+
+def shipped_images() -> list[np.ndarray]:
+    paths = sorted(EXAMPLES.glob('**/*.png'))
+    assert paths, 'no shipped example images'
+    return [np.asarray(Image.open(path).convert('RGB')) for path in paths]
+
+
+def photo_sized(images: list[np.ndarray]) -> np.ndarray:
+    """The shipped scenes tiled into one 640x480-ish picture full of sharp edges."""
+    row = np.concatenate(images * 2, axis=1)[:, :640]
+    return np.ascontiguousarray(np.concatenate([row] * 8, axis=0)[:480])
+
+
+def pil_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def canvas_content(image: np.ndarray, min_size: int, max_size: int) -> tuple[np.ndarray, tuple]:
+    spec = plan_resize(*image.shape[:2], min_size, max_size, 32)
+    canvas = image_to_tensor(image, spec)[0].permute(1, 2, 0).numpy()
+    return canvas, spec
+
+
+@pytest.mark.parametrize(('min_size', 'max_size'), [(800, 1333), (200, 400), (64, 128)])
+def test_resize_matches_pil_bilinear_within_one_grey_level(min_size, max_size):
+    images = shipped_images()
+    for image in [*images, photo_sized(images)]:
+        canvas, spec = canvas_content(image, min_size, max_size)
+        h, w = spec.resized
+        want = pil_bilinear(image, h, w).astype(np.float32)
+        assert np.abs(canvas[:h, :w] - want).max() <= 1.0, (image.shape, spec)
+        # Black padding: CLIP sees it as it is (the proposer fills it itself).
+        assert not canvas[h:].any() and not canvas[:, w:].any()
+
+
+def test_plan_resize_rounds_as_detectron2():
+    # ResizeShortestEdge: the short side exactly min_size, the long side int(x + 0.5).
+    assert plan_resize(480, 640, 800, 1333, 32).resized == (800, 1067)
+    assert plan_resize(480, 640, 800, 1333, 32).padded == (800, 1088)
+    # 21x42 hits the 1333 cap: 21 * 1333 / 42 = 666.5 rounds half up (not to even, 666).
+    assert plan_resize(21, 42, 800, 1333, 32).resized == (667, 1333)
+    assert plan_resize(28, 56, 800, 1333, 32).resized == (667, 1333)
+
+
+def test_shrinking_is_antialiased():
+    """A one-pixel checkerboard shrunk 3x is near mid-grey (PIL's filter averages); a plain
+    bilinear sampler lands on single pixels and keeps black and white."""
+    board = (np.indices((192, 192)).sum(0) % 2 * 255).astype(np.uint8)
+    image = np.repeat(board[..., None], 3, axis=2)
+    canvas, spec = canvas_content(image, 64, 128)
+    content = canvas[: spec.resized[0], : spec.resized[1]]
+    assert np.abs(content - 127.5).max() < 30
