@@ -68,14 +68,21 @@ def save_checkpoint(
     model: nn.Module,
     config: dict,
     dtype: torch.dtype = torch.float32,
+    parts: tuple[str, ...] | None = None,
     **extra: object,
 ) -> None:
     """Write ``model``'s weights with its architecture config (see ``write_atomically``).
 
     :param dtype: storage type of the floating-point weights.
+    :param parts: store only the weights whose names start with one of these prefixes (e.g.
+        ``('proposer.',)``); None stores all. What is left out is filled at load time (see
+        ``masqclip.factory.build_model``).
     :param extra: further plain entries (training step, metrics, ...).
     """
-    state_dict = cast_floating(model.state_dict(), dtype)
+    state_dict = model.state_dict()
+    if parts is not None:
+        state_dict = {k: v for k, v in state_dict.items() if k.startswith(parts)}
+    state_dict = cast_floating(state_dict, dtype)
     write_atomically(path, {'format': FORMAT, 'config': config, 'model': state_dict, **extra})
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from masqclip.checkpoint import CheckpointError, load_checkpoint, load_clip_weights
 from masqclip.modeling.mask_clip import MaskCLIPVisual, build_clip
 from masqclip.modeling.masqclip import MasQCLIP
-from masqclip.modeling.proposer import build_proposer
+from masqclip.modeling.proposer import MaskProposer, build_proposer
 from masqclip.modeling.text_encoder import TextEncoder
+
+logger = logging.getLogger('masqclip')
 
 CONFIG_DIR = Path(__file__).parent / 'model_configs'
 DEMO_CHECKPOINT = Path(__file__).parent / 'weights' / 'masqclip_demo.pt.gz'
@@ -47,29 +50,41 @@ def build_model_from_config(config: dict) -> MasQCLIP:
     )
 
 
+# Parameter-name prefixes of the parts a checkpoint may leave out.
+CLIP_TOWERS = ('mask_clip.visual.', 'text.')
+_Q_PROJ = 'mask_clip.new_q_proj.'
+_MASK_EMBEDDINGS = 'mask_clip.mask_embeddings'
+
+
 def build_model(
     model: str | None = None,
     checkpoint: str | Path | None = None,
     clip_weights: str | Path | None = None,
     q_proj_init: str = 'random',
 ) -> tuple[MasQCLIP, dict]:
-    """Build a MasQCLIP and load its weights, in this order: the checkpoint, then CLIP weights
-    over its CLIP towers, then the mask tokens' query projections.
+    """Build a MasQCLIP and load its weights.
+
+    CLIP weights fill only what the checkpoint lacks: they load first, the checkpoint's own
+    tensors go over them, so a tuned ``mask_embeddings`` or ``new_q_proj`` (or any other
+    stored weight) is never replaced. A stage-1 checkpoint stores the proposer alone (or with
+    the CLIP it was built on), so its CLIP comes from ``clip_weights``.
 
     :param model: architecture name or JSON path; None takes the one stored in ``checkpoint``
         (with no checkpoint either: the shipped demo model).
-    :param checkpoint: a checkpoint of this project (every weight of the model); 'demo' for
-        the shipped demo model (``DEMO_CHECKPOINT``).
-    :param clip_weights: CLIP weights replacing the towers': 'openai' (open_clip downloads
-        them where the internet is reachable) or a local file.
-    :param q_proj_init: 'random' keeps the query projections as built or loaded (random init is
-        the reference, method.md trap 1); 'clip' copies CLIP's own (the MaskCLIP-equivalent
-        start).
+    :param checkpoint: a checkpoint of this project; 'demo' for the shipped demo model
+        (``DEMO_CHECKPOINT``).
+    :param clip_weights: CLIP weights for the towers the checkpoint does not hold: 'openai'
+        (open_clip downloads them where the internet is reachable) or a local file.
+    :param q_proj_init: for query projections the checkpoint does not hold: 'random' keeps
+        them as built (the reference, method.md trap 1); 'clip' copies CLIP's own (the
+        MaskCLIP-equivalent start).
     :return: the model (eval mode, on the CPU) and its architecture config.
+    :raises CheckpointError: for a checkpoint that does not fit the architecture or lacks the
+        proposer.
     """
     if q_proj_init not in ('random', 'clip'):
         raise ModelConfigError(f"q_proj_init must be 'random' or 'clip', got {q_proj_init!r}")
-    state_dict = None
+    state_dict = {}
     if checkpoint == 'demo' or (checkpoint is None and model is None):
         checkpoint = DEMO_CHECKPOINT
     if checkpoint is not None:
@@ -78,16 +93,66 @@ def build_model(
     else:
         config = get_model_config(model)
     network = build_model_from_config(config)
-    if state_dict is not None:
-        try:
-            network.load_state_dict(state_dict, strict=True)
-        except RuntimeError as error:
-            raise CheckpointError(
-                f'checkpoint {checkpoint} does not fit the architecture {model!r}; leave the '
-                f'model name out to use the one stored in the checkpoint ({str(error)[:300]})'
-            ) from error
     if clip_weights is not None:
         load_clip_weights(network, clip_weights, config)
-    if q_proj_init == 'clip':
+    if checkpoint is not None:
+        _load_checkpoint_over(network, state_dict, checkpoint, model, clip_weights)
+    if q_proj_init == 'clip' and not any(k.startswith(_Q_PROJ) for k in state_dict):
         network.mask_clip.copy_clip_q_proj()
     return network.eval(), config
+
+
+def _load_checkpoint_over(
+    network: MasQCLIP,
+    state_dict: dict,
+    checkpoint: str | Path,
+    model: str | None,
+    clip_weights: str | Path | None,
+) -> None:
+    """Load every tensor of ``state_dict``; check that what it lacks may be left out."""
+
+    def misfit(detail: str) -> CheckpointError:
+        return CheckpointError(
+            f'checkpoint {checkpoint} does not fit the architecture {model!r}; leave the '
+            f'model name out to use the one stored in the checkpoint ({detail[:300]})'
+        )
+
+    try:
+        missing, unexpected = network.load_state_dict(state_dict, strict=False)
+    except RuntimeError as error:  # a shape mismatch
+        raise misfit(str(error)) from error
+    if unexpected or any(k.startswith('proposer.') for k in missing):
+        raise misfit(f'unexpected keys {unexpected[:3]}, missing keys {missing[:3]}')
+    if any(k.startswith(CLIP_TOWERS) for k in missing) and clip_weights is None:
+        logger.warning(
+            'checkpoint %s holds no CLIP weights and none were given: CLIP is random, so '
+            'labels mean nothing (fine for proposals alone); pass clip_weights',
+            checkpoint,
+        )
+    if _MASK_EMBEDDINGS in missing:
+        network.mask_clip.reset_mask_embeddings()  # from the CLIP now loaded
+
+
+def checkpoint_holds_clip(checkpoint: str | Path) -> bool:
+    """Whether a checkpoint stores CLIP's towers (a stage-1 file may hold the proposer alone)."""
+    _, state_dict = load_checkpoint(checkpoint)
+    return any(key.startswith(CLIP_TOWERS) for key in state_dict)
+
+
+def load_proposer(checkpoint: str | Path) -> MaskProposer:
+    """The proposer of a checkpoint alone, in eval mode (a stage-1 teacher needs no CLIP).
+
+    :raises CheckpointError: for a checkpoint without a fitting proposer.
+    """
+    config, state_dict = load_checkpoint(checkpoint)
+    proposer = build_proposer(config['proposer'])
+    weights = {
+        k.removeprefix('proposer.'): v for k, v in state_dict.items() if k.startswith('proposer.')
+    }
+    try:
+        proposer.load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f'checkpoint {checkpoint} holds no proposer of its architecture ({str(error)[:300]})'
+        ) from error
+    return proposer.eval()

@@ -136,16 +136,21 @@ def test_upstream_conversion_loads_strictly_and_matches_direct_placement(tiny_mo
     assert 'criterion.empty_weight' in upstream
 
 
-def test_clip_weights_and_q_proj_init_apply_over_a_checkpoint(tiny_model, tmp_path):
-    network, config = tiny_model
-    checkpoint = tmp_path / 'model.pt'
-    save_checkpoint(checkpoint, network, config)
-    torch.manual_seed(9)
+def random_clip_file(config: dict, path, seed: int = 9):
+    torch.manual_seed(seed)
     clip = build_clip(config['clip'])
-    clip_path = tmp_path / 'clip.pt'
-    torch.save(clip.state_dict(), clip_path)
+    torch.save(clip.state_dict(), path)
+    return clip
+
+
+def test_clip_weights_and_q_proj_init_fill_a_proposer_only_checkpoint(tiny_model, tmp_path):
+    """A stage-1 checkpoint holds the proposer: CLIP and the q-projection init fill the rest."""
+    network, config = tiny_model
+    checkpoint = tmp_path / 'stage1.pt'
+    save_checkpoint(checkpoint, network, config, parts=('proposer.',))
+    clip = random_clip_file(config, tmp_path / 'clip.pt')
     rebuilt, _ = build_model(
-        None, checkpoint=checkpoint, clip_weights=clip_path, q_proj_init='clip'
+        None, checkpoint=checkpoint, clip_weights=tmp_path / 'clip.pt', q_proj_init='clip'
     )
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -155,8 +160,40 @@ def test_clip_weights_and_q_proj_init_apply_over_a_checkpoint(tiny_model, tmp_pa
     width = config['clip']['vision_cfg']['width']
     first_block = clip.visual.transformer.resblocks[0].attn.in_proj_weight[:width]
     torch.testing.assert_close(rebuilt.mask_clip.new_q_proj[0].weight.data, first_block)
+    # mask_embeddings start at the loaded CLIP's CLS position embedding (the reference init).
+    assert torch.equal(rebuilt.mask_clip.mask_embeddings, clip.visual.positional_embedding[0])
     for name, tensor in network.proposer.state_dict().items():  # the proposer is the checkpoint's
         torch.testing.assert_close(rebuilt.proposer.state_dict()[name], tensor)
+
+
+def test_clip_weights_never_replace_what_a_checkpoint_stores(tiny_model, tmp_path):
+    network, config = tiny_model
+    tuned = copy.deepcopy(network)
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():  # tuned values, unlike any init
+        tuned.mask_clip.mask_embeddings.copy_(
+            torch.randn(tuned.mask_clip.mask_embeddings.shape, generator=generator)
+        )
+        for q_proj in tuned.mask_clip.new_q_proj:
+            q_proj.weight.add_(torch.randn(q_proj.weight.shape, generator=generator))
+            q_proj.bias.add_(1.0)
+    checkpoint = tmp_path / 'model.pt'
+    save_checkpoint(checkpoint, tuned, config)
+    random_clip_file(config, tmp_path / 'clip.pt')
+    for q_proj_init in ('random', 'clip'):
+        rebuilt, _ = build_model(
+            None, checkpoint=checkpoint, clip_weights=tmp_path / 'clip.pt', q_proj_init=q_proj_init
+        )
+        for name, tensor in tuned.state_dict().items():
+            assert torch.equal(rebuilt.state_dict()[name], tensor), (q_proj_init, name)
+
+
+def test_a_checkpoint_without_the_proposer_is_refused(tiny_model, tmp_path):
+    network, config = tiny_model
+    checkpoint = tmp_path / 'clip_only.pt'
+    save_checkpoint(checkpoint, network, config, parts=('mask_clip.', 'text.'))
+    with pytest.raises(CheckpointError, match='does not fit'):
+        build_model(None, checkpoint=checkpoint)
 
 
 def test_half_precision_gzip_checkpoint_loads_into_float32(tiny_model, tmp_path):

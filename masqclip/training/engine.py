@@ -126,9 +126,10 @@ def configure_threads(num_threads: int) -> None:
 def build_network(model: Mapping[str, Any]) -> tuple[MasQCLIP, dict]:
     """Build the network a recipe's ``model`` section describes.
 
-    ``init`` (a checkpoint of this project, e.g. stage 1's) wins over ``name``; ``clip_weights``
-    then replaces the CLIP towers; ``q_proj_init: clip`` finally copies CLIP's own query
-    projections into the mask tokens' (method.md trap 1; 'random' keeps them as they are).
+    ``init`` (a checkpoint of this project, e.g. stage 1's) wins over ``name``;
+    ``clip_weights`` fill the CLIP towers it lacks; ``q_proj_init: clip`` copies CLIP's own
+    query projections into mask-token projections it lacks (method.md trap 1; 'random' keeps
+    them as built). Nothing the checkpoint stores is replaced (``build_model``).
 
     :param model: ``name``, ``init``, ``clip_weights`` and optionally ``q_proj_init``.
     :return: the network (on the CPU, eval mode) and its architecture config.

@@ -8,8 +8,10 @@ runs one round with a constant learning rate (traps 10, 11).
 
 Files in the run folder: ``config.yaml`` (the resolved recipe), ``teacher.pt``,
 ``student<k>.pt`` (each phase's weights), ``last.pt`` (resumable), ``model.pt`` (the final
-weights), ``metrics.csv``, ``eval.csv`` and ``curves.png``. Every ``.pt`` holds a whole
-MasQCLIP and loads with ``masqclip.factory.build_model(None, checkpoint=...)``.
+weights), ``metrics.csv``, ``eval.csv`` and ``curves.png``. The phase files and ``model.pt``
+hold the proposer (and CLIP's towers only when the run loaded real CLIP weights, see
+``stored_parts``): ``build_model(None, checkpoint=..., clip_weights=...)`` fills the rest, as
+stage 2 does; ``last.pt`` holds the whole network for resuming.
 
 Under torchrun the student is wrapped in DDP; matching and pseudo-labelling stay on each
 device, and the loss's divisors (mask count, class weight) are summed over the global batch.
@@ -26,7 +28,7 @@ import torch
 from torch import Tensor
 
 from masqclip.checkpoint import save_checkpoint
-from masqclip.factory import build_model
+from masqclip.factory import CLIP_TOWERS, checkpoint_holds_clip, load_proposer
 from masqclip.modeling.proposer import MaskProposer
 from masqclip.training import distributed, engine
 from masqclip.training.data import (
@@ -75,8 +77,19 @@ def plan_phases(recipe: Mapping[str, Any]) -> list[engine.Phase]:
 
 def frozen_teacher(path: str | Path, device: torch.device) -> MaskProposer:
     """The proposer of a checkpoint, frozen: eval mode and no gradients (no EMA, trap 11)."""
-    network, _ = build_model(None, checkpoint=path)
-    return network.proposer.requires_grad_(False).eval().to(device)
+    return load_proposer(path).requires_grad_(False).to(device)
+
+
+def stored_parts(model_cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The weights stage 1 stores: the proposer it trains, and CLIP's towers only when real
+    weights were loaded into them. Random towers in the file would win over stage 2's
+    ``clip_weights``, which fill only what a checkpoint lacks; the mask tokens' untrained
+    parameters are left to stage 2's init."""
+    init = model_cfg.get('init')
+    carries_clip = bool(model_cfg.get('clip_weights')) or bool(
+        init and checkpoint_holds_clip(init)
+    )
+    return ('proposer.', *CLIP_TOWERS) if carries_clip else ('proposer.',)
 
 
 def proposer_param_groups(proposer: MaskProposer, backbone_lr: float) -> list[dict]:
@@ -152,6 +165,7 @@ def train_stage1(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
         model_cfg['init'] = student['teacher']  # the student starts as its teacher
     torch.manual_seed(int(train['seed']))
     network, config = engine.build_network(model_cfg)
+    parts = stored_parts(model_cfg)
 
     state = engine.load_state(run_dir / engine.STATE_FILE) if resume else None
     first, start, global_done = 0, 0, 0
@@ -235,12 +249,14 @@ def train_stage1(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
             scaler=scaler,
         )
         if engine.is_main_process():
-            save_checkpoint(run_dir / f'{phase.name}.pt', network, config, phase=phase.name)
+            save_checkpoint(
+                run_dir / f'{phase.name}.pt', network, config, parts=parts, phase=phase.name
+            )
         save_fn(phase.steps)  # its barrier also lets the next phase read <phase>.pt
 
     final = run_dir / engine.MODEL_FILE
     if engine.is_main_process():
-        save_checkpoint(final, network, config, stage='stage1')
+        save_checkpoint(final, network, config, parts=parts, stage='stage1')
     if eval_set is not None:
         engine.run_eval(
             evaluate_now, phases[-1].global_offset + phases[-1].steps, eval_log, train_log, run_dir
