@@ -33,6 +33,7 @@ from masqclip.export import (
     read_onnx_metadata,
 )
 from masqclip.export.errors import BackendUnavailableError
+from masqclip.export.onnx import hash_onnx
 from masqclip.export.onnxruntime_backend import OnnxRuntimeImageModel, resolve_providers
 from masqclip.export.progress import Heartbeat
 from masqclip.inference.postprocess import classify_masks
@@ -173,7 +174,7 @@ def test_predictor_on_onnxruntime_matches_torch(tiny_model, tiny_onnx, tmp_path,
     )
     reference = Predictor.from_network(network, config)
     vocabulary = Vocabulary.from_names(['cat', 'table', 'sky'])
-    image = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    image = rng.integers(0, 256, CONTENT + (3,), dtype=np.uint8)  # padded into SIZE
     results = []
     for predictor in (exported, reference):
         predictor.set_vocabulary(vocabulary)
@@ -182,6 +183,22 @@ def test_predictor_on_onnxruntime_matches_torch(tiny_model, tiny_onnx, tmp_path,
     np.testing.assert_allclose(got.proposals.embeddings, want.proposals.embeddings, atol=1e-4)
     assert (got.semantic == want.semantic).mean() > 0.99
     assert [i.label for i in got.instances] == [i.label for i in want.instances]
+
+
+def test_exports_of_an_older_graph_version_are_never_reused(tiny_model, tmp_path, monkeypatch):
+    """Version 1 graphs padded the proposer's input with black: the cache must not serve them
+    (nor the engines built from them, which are keyed by the graph's hash)."""
+    network, config = tiny_model
+    with monkeypatch.context() as old:
+        old.setattr('masqclip.export.onnx.FORMAT', 'masqclip_ros.image_path/1')
+        old.setattr('masqclip.export.image_model.EXPORT_VERSION', 1)
+        stale = ensure_onnx(network, config, SIZE, cache_dir=tmp_path, model_name='test_tiny')
+    current = ensure_onnx(network, config, SIZE, cache_dir=tmp_path, model_name='test_tiny')
+    assert current != stale and current.is_file()
+    assert read_onnx_metadata(current)['format'] == 'masqclip_ros.image_path/2'
+    assert hash_onnx(current) != hash_onnx(stale)
+    with pytest.raises(ExportError, match='export the model again'):
+        ensure_onnx(network, config, SIZE, onnx_path=stale)
 
 
 def test_export_cache_reuses_a_matching_export_and_refuses_other_weights(
