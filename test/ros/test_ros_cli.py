@@ -300,14 +300,11 @@ def test_launch_with_arguments_starts_the_node_active_on_the_venv_python(cli_env
     assert ok(cli_env, 'lifecycle', 'get', '--no-daemon', NODE, expect='active').startswith(
         'active [3]'
     )
-    deadline = time.monotonic() + 20
-    while NODE not in run_ros2(cli_env, 'node', 'list', '--no-daemon').stdout.split():
-        assert time.monotonic() < deadline, f'{NODE} missing from ros2 node list'
-        time.sleep(0.2)
-    # The launch arguments reached the node's parameters and remappings.
-    get = ('param', 'get', '--no-daemon', NODE)
-    assert 'Boolean value is: True' in ok(cli_env, *get, 'depth.enabled', expect='value')
-    assert 'kitchen.yaml' in ok(cli_env, *get, 'vocabulary_file', expect='String value')
+    # The launch arguments reached the node's parameters (and, below, its remappings).
+    dumped = yaml.safe_load(ok(cli_env, 'param', 'dump', '--no-daemon', NODE, expect=NODE))
+    parameters = dumped[NODE]['ros__parameters']
+    assert parameters['depth']['enabled'] is True
+    assert parameters['vocabulary_file'].endswith('kitchen.yaml')
     assert f'active: segmenting {CAMERA}' in log, log
 
 
@@ -376,7 +373,6 @@ def test_lifecycle_set_through_cleanup_and_back(cli_env, launched, camera):
        expect='Set parameter successful')  # fmt: skip
     ok(cli_env, *lifecycle, 'configure', expect='Transitioning successful')
     ok(cli_env, *lifecycle, 'activate', expect='Transitioning successful')
-    assert state() == 'active [3]'
     message = echo_instances(cli_env, launched)
     assert 1 <= len(message['instances']) <= 2, message['instances']
 
