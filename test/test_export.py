@@ -448,3 +448,31 @@ def test_onnxruntime_cuda_io_binding_matches_torch(tiny_model, tiny_onnx):
     for a, b in zip(got, want, strict=True):
         assert a.is_cuda
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+def test_gpu_report_names_every_backend_and_the_command():
+    from masqclip.export.bench_gpu import markdown_report
+
+    timing = {'fps': 50.0, 'latency_s': 0.02, 'peak_allocated_mib': 900.0}
+    run = {
+        'model': 'masqclip_r50_vitb16',
+        'frame': '640x480',
+        'input_size': [480, 640],
+        'gpu': 'NVIDIA H200',
+        'environment': {'torch': '2.14.1', 'cuda': '13.0'},
+        'backends': {'torch_fp32': timing, 'torch_fp16': {**timing, 'fps': 100.0}},
+        'torch_fp16_vs_torch_fp32_speedup': 2.0,
+    }
+    measured = {
+        **run,
+        'backends': {**run['backends'], 'tensorrt_fp16': {**timing, 'fps': 250.0}},
+        'tensorrt_fp16_vs_torch_fp32_speedup': 5.0,
+        'tensorrt_fp16_mask_iou_vs_torch_fp32': 0.987,
+    }
+    missing = {**run, 'tensorrt_unavailable': 'no tensorrt'}
+    text = markdown_report([measured, missing], 'python -m masqclip.export.bench_gpu --runs 3')
+    assert text.startswith('# The image path on NVIDIA H200')
+    assert '| masqclip_r50_vitb16 | 480x640 | tensorrt_fp16 | 250.0 | 20.0 | 900 |' in text
+    assert '| 5.00x | 2.00x | 0.987 |' in text
+    assert 'not measured: no tensorrt' in text
+    assert 'python -m masqclip.export.bench_gpu --runs 3' in text

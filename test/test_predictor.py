@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -197,3 +199,20 @@ def test_padding_is_pixel_mean_for_the_proposer_and_black_for_clip(tiny_model, r
     torch.testing.assert_close(torch.from_numpy(got.mask_logits), want_logits)
     torch.testing.assert_close(torch.from_numpy(got.objectness), want_objectness)
     torch.testing.assert_close(torch.from_numpy(got.embeddings), want_embeddings[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_fp16_predictor_matches_cpu_fp32(tiny_model, rng):
+    network, config = tiny_model
+    vocabulary = Vocabulary.from_names(['red mug', 'table', 'floor'])
+    image = rng.integers(0, 256, (64, 85, 3), dtype=np.uint8)
+    results = []
+    for device, precision in (('cpu', 'fp32'), ('cuda', 'fp16')):
+        predictor = Predictor.from_network(copy.deepcopy(network), config, device, precision)
+        predictor.set_vocabulary(vocabulary)
+        results.append(predictor.predict(image))
+    want, got = results
+    np.testing.assert_allclose(got.proposals.objectness, want.proposals.objectness, atol=2e-2)
+    np.testing.assert_allclose(got.proposals.embeddings, want.proposals.embeddings, atol=2e-2)
+    assert (got.semantic == want.semantic).mean() > 0.95
