@@ -476,3 +476,12 @@ def test_gpu_report_names_every_backend_and_the_command():
     assert '| 5.00x | 2.00x | 0.987 |' in text
     assert 'not measured: no tensorrt' in text
     assert 'python -m masqclip.export.bench_gpu --runs 3' in text
+
+
+def test_cpu_benchmark_runs_both_backends_on_a_padded_frame(tmp_path):
+    from masqclip.export.bench import measure_onnxruntime_vs_torch
+
+    figures = measure_onnxruntime_vs_torch('test_tiny', (70, 96), repeats=1, work_dir=tmp_path)
+    assert figures['input_size'] == [64, 96]  # 70x96 -> 64x88 content, padded to 64x96
+    assert figures['onnxruntime_s'] > 0 and figures['torch_s'] > 0
+    assert figures['max_abs_diff'] < 1e-4

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import torch
 
-from masqclip.benchmarking import interleaved_medians, timer
-from masqclip.export.canvas import network_input_size
+from masqclip.benchmarking import frame_inputs, interleaved_medians, timer
 from masqclip.export.onnx import export_onnx
 from masqclip.export.onnxruntime_backend import OnnxRuntimeImageModel
 from masqclip.factory import build_model
@@ -37,7 +36,8 @@ def measure_onnxruntime_vs_torch(
     """
     torch.manual_seed(0)
     network, config = build_model(model)
-    input_size = network_input_size(config, *frame_size)
+    inputs = frame_inputs(config, frame_size)
+    input_size = tuple(inputs[0].shape[-2:])
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(work_dir) if work_dir is not None else Path(scratch)
@@ -47,12 +47,11 @@ def measure_onnxruntime_vs_torch(
         )
         export_s = time.perf_counter() - start
         session = OnnxRuntimeImageModel(path, 'cpu', threads=threads)
-        images = torch.rand(1, 3, *input_size, generator=torch.Generator().manual_seed(0)) * 255
         with torch.inference_mode():
-            reference = network(images)  # also the torch warm-up
-            exported = session(images)  # onnxruntime's first run plans memory: not timed
+            reference = network(*inputs)  # also the torch warm-up
+            exported = session(*inputs)  # onnxruntime's first run plans memory: not timed
             onnxruntime_s, torch_s = interleaved_medians(
-                [timer(session, images), timer(network, images)], repeats
+                [timer(session, *inputs), timer(network, *inputs)], repeats
             )
     return {
         'model': model,

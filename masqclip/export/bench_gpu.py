@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
+from masqclip.benchmarking import frame_inputs
 from masqclip.export.command import parse_frame_size
 from masqclip.export.engine_cache import DEFAULT_CACHE_DIR
 from masqclip.export.errors import BackendUnavailableError
 from masqclip.export.image_model import build_image_model
 from masqclip.factory import build_model
-from masqclip.inference.transforms import plan_resize
 
 MIB = 2**20
 
@@ -106,14 +106,8 @@ def measure(
     torch.manual_seed(0)
     network, config = build_model(model)
     network = network.to(device).eval()
-    # The frame's content fills the network input up to its resized size; the rest is padding.
-    pre = config['preprocess']
-    plan = plan_resize(*frame_size, pre['min_size'], pre['max_size'], pre['size_divisibility'])
-    input_size = plan.padded
-    inputs = (
-        torch.rand(1, 3, *input_size, device=device) * 255,
-        torch.tensor([plan.resized], device=device),
-    )
+    inputs = frame_inputs(config, frame_size, device)
+    input_size = tuple(inputs[0].shape[-2:])
     weights_mib = sum(p.numel() * p.element_size() for p in network.parameters()) / MIB
 
     def torch_fp16(images: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, ...]:

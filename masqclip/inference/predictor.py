@@ -260,11 +260,10 @@ class Predictor:
         timings: dict[str, float] = {}
         clock = _Stopwatch(timings, self.device)
 
-        images, spec = self.preprocess(image, color)
+        images, image_sizes, spec = self.preprocess(image, color)
         clock.lap('preprocess')
 
         with torch.inference_mode():
-            image_sizes = torch.tensor([spec.resized], device=self.device)
             mask_logits, objectness, embeddings = self._image_model(images, image_sizes)
             mask_logits, objectness, embeddings = (
                 t[0].float() for t in (mask_logits, objectness, embeddings)
@@ -299,10 +298,13 @@ class Predictor:
             )
         return result
 
-    def preprocess(self, image: np.ndarray, color: str = 'rgb') -> tuple[torch.Tensor, ResizeSpec]:
+    def preprocess(
+        self, image: np.ndarray, color: str = 'rgb'
+    ) -> tuple[torch.Tensor, torch.Tensor, ResizeSpec]:
         """Check, resize and pad an image into the image model's input.
 
-        :return: float [1, 3, Hp, Wp] RGB 0-255 on the predictor's device, and the geometry.
+        :return: the image model's inputs on the predictor's device (float [1, 3, Hp, Wp] RGB
+            0-255, black padding; int [1, 2], the content's (h, w)), and the geometry.
         :raises InvalidImageError: for an image that cannot be processed.
         """
         if color not in ('rgb', 'bgr'):
@@ -316,7 +318,8 @@ class Predictor:
             self._preprocess['max_size'],
             self._preprocess['size_divisibility'],
         )
-        return image_to_tensor(image, spec).to(self.device), spec
+        image_sizes = torch.tensor([spec.resized], device=self.device)
+        return image_to_tensor(image, spec).to(self.device), image_sizes, spec
 
     def find(
         self,
@@ -332,6 +335,11 @@ class Predictor:
         embeddings. The query, the negative queries and 'background' compete in one softmax, so
         a proposal that better fits a negative query ("blue mug" against "red mug") scores low.
 
+        Which proposals match, and which duplicate a better one, is decided at the proposer's
+        resolution, best classification first and only as far as needed; only the matches are
+        rendered at full size and scored there as ``predict`` scores instances. So a query costs
+        milliseconds, even while the next frame is segmented.
+
         :return: matches sorted by score (p_obj x p_clip(query) x mean in-mask sigmoid), each
             with ``class_id`` 0 and ``label`` the query; overlapping duplicates removed.
         :raises VocabularyError: for an empty or unusable query.
@@ -342,43 +350,67 @@ class Predictor:
         negatives = [validate_query(text) for text in negative_queries]
         prompts = [(query,), *((text,) for text in negatives), (BACKGROUND,)]
         proposals = result.proposals
+        low_res_logits = torch.from_numpy(proposals.mask_logits)
         with torch.inference_mode():
             text = self.text_cache.embed(prompts)
-            scores = classify_masks(
+            # p_obj x p_clip(query) bounds the final score from above: mask quality is <= 1.
+            bounds = classify_masks(
                 torch.from_numpy(proposals.embeddings),
                 text.cpu(),
                 torch.from_numpy(proposals.objectness),
             )[:, 0]
-            logits = F.interpolate(
-                torch.from_numpy(proposals.mask_logits)[None],
+
+            def quality(logits: torch.Tensor) -> torch.Tensor:
+                """Mean sigmoid inside each mask (logit > 0) of [K, h, w] logits; 0 if empty."""
+                masks = logits > 0
+                area = masks.flatten(1).sum(1)
+                return (logits.sigmoid() * masks).flatten(1).sum(1) / area.clamp(min=1)
+
+            def best_first():
+                """(score, proposal, low-res mask), best first; a proposal's mask is looked at
+                only once its bound could still beat the proposals already scored."""
+                pending: list[tuple[float, int, torch.Tensor]] = []  # ascending score
+                for q in torch.argsort(bounds, descending=True).tolist():
+                    bound = float(bounds[q])
+                    while pending and pending[-1][0] >= bound:
+                        yield pending.pop()
+                    if bound < min_score or bound <= 0:
+                        break  # neither this proposal nor any later one can qualify
+                    score = bound * float(quality(low_res_logits[q][None])[0])
+                    pending.append((score, q, low_res_logits[q] > 0))
+                    pending.sort(key=lambda item: item[0])
+                yield from reversed(pending)
+
+            chosen: list[tuple[int, torch.Tensor]] = []
+            for score, q, mask in best_first():
+                if len(chosen) >= max_results or score < min_score or score <= 0:
+                    break
+                if all(_iou(mask, other) <= self.cfg.find_overlap_iou for _, other in chosen):
+                    chosen.append((q, mask))
+            if not chosen:
+                return []
+            indices = [q for q, _ in chosen]
+            full_logits = F.interpolate(
+                low_res_logits[indices][None],
                 size=result.image_size,
                 mode='bilinear',
                 align_corners=False,
             )[0]
-            probs = logits.sigmoid()
-            masks = logits > 0
-            area = masks.flatten(1).sum(1)
-            final = scores * (probs * masks).flatten(1).sum(1) / area.clamp(min=1)
-        matches: list[Instance] = []
-        chosen: list[torch.Tensor] = []
-        for q in torch.argsort(final, descending=True).tolist():
-            if len(matches) >= max_results or final[q] < min_score or final[q] <= 0:
-                break
-            if any(_iou(masks[q], other) > self.cfg.find_overlap_iou for other in chosen):
-                continue
-            chosen.append(masks[q])
-            matches.append(
-                _make_instance(
-                    query,
-                    0,
-                    final[q],
-                    proposals.objectness[q],
-                    masks[q],
-                    proposals.embeddings[q],
-                    q,
-                )
-            )
-        return matches
+            scores = bounds[indices] * quality(full_logits)
+        matches = [
+            _make_instance(
+                query,
+                0,
+                scores[i],
+                proposals.objectness[q],
+                full_logits[i] > 0,
+                proposals.embeddings[q],
+                q,
+            )  # fmt: skip
+            for i, q in enumerate(indices)
+            if scores[i] >= min_score and scores[i] > 0  # > 0: a faint mask may vanish here
+        ]
+        return sorted(matches, key=lambda match: match.score, reverse=True)
 
     def _semantic(
         self, class_scores: torch.Tensor, low_res_logits: torch.Tensor, spec: ResizeSpec

@@ -115,9 +115,9 @@ def _vocabulary(size: int) -> Vocabulary:
 def _mask_tokens_vs_crops(
     network: MasQCLIP, predictor: Predictor, frame: np.ndarray, repeats: int
 ) -> tuple[float, float]:
-    images = predictor.preprocess(frame)[0]
+    images, image_sizes, _ = predictor.preprocess(frame)
     with torch.inference_mode():
-        mask_logits = network.proposer(images)['pred_masks']
+        mask_logits = network.proposer(images, image_sizes)['pred_masks']
         clip_input = network.clip_input(images)
         boxes = _proposal_boxes(mask_logits[0], images.shape[-2:])
         size = network.clip_image_size
@@ -162,12 +162,15 @@ def _stage_breakdown(
 ) -> dict[str, float]:
     runs = [predictor.predict(frame).timings for _ in range(repeats)]
     stages = {name: statistics.median(t[name] for t in runs) for name in runs[0]}
-    images = predictor.preprocess(frame)[0]
+    images, image_sizes, _ = predictor.preprocess(frame)
     with torch.inference_mode():
-        mask_logits = network.proposer(images)['pred_masks']
+        mask_logits = network.proposer(images, image_sizes)['pred_masks']
         clip_input = network.clip_input(images)
         stages['image_model.proposer'], stages['image_model.mask_clip'] = interleaved_medians(
-            [timer(network.proposer, images), timer(network.mask_clip, clip_input, mask_logits)],
+            [
+                timer(network.proposer, images, image_sizes),
+                timer(network.mask_clip, clip_input, mask_logits),
+            ],
             repeats,
         )
     return stages

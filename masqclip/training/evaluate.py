@@ -81,7 +81,8 @@ def proposal_recall(
         spec = plan_resize(
             *image.shape[:2], pre['min_size'], pre['max_size'], pre['size_divisibility']
         )
-        logits = proposer(image_to_tensor(image, spec).to(device))['pred_masks'][0]
+        image_sizes = torch.tensor([spec.resized], device=device)
+        logits = proposer(image_to_tensor(image, spec).to(device), image_sizes)['pred_masks'][0]
         masks = (mask_logits_to_image(logits.float(), spec) > 0).flatten(1).float()
         keep = [i for i, a in enumerate(record.annotations) if not a.is_crowd]
         if not keep:
