@@ -277,7 +277,7 @@ def vocabulary_names(env: dict[str, str]) -> tuple[list[str], int]:
 
 
 def test_a_node_that_dies_at_start_is_a_failure_though_launch_exits_0(cli_env, tmp_path):
-    # First in the file: no rclpy threads in this process yet when launch forks.
+    # First in the file: the camera's rclpy threads do not exist yet when preexec_fn runs.
     missing = tmp_path / 'missing.yaml'
     launch = Launch(cli_env, tmp_path / 'launch.log', 'namespace:=robot_dead',
                     f'vocabulary:={missing}')  # fmt: skip
