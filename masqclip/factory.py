@@ -56,6 +56,14 @@ _Q_PROJ = 'mask_clip.new_q_proj.'
 _MASK_EMBEDDINGS = 'mask_clip.mask_embeddings'
 
 
+def resolve_checkpoint(model: str | None, checkpoint: str | Path | None) -> Path | None:
+    """The checkpoint file ``build_model`` loads: ``DEMO_CHECKPOINT`` for 'demo', and for no
+    model and no checkpoint either; None for an architecture built without one."""
+    if checkpoint == 'demo' or (checkpoint is None and model is None):
+        return DEMO_CHECKPOINT
+    return None if checkpoint is None else Path(checkpoint)
+
+
 def build_model(
     model: str | None = None,
     checkpoint: str | Path | None = None,
@@ -85,8 +93,7 @@ def build_model(
     if q_proj_init not in ('random', 'clip'):
         raise ModelConfigError(f"q_proj_init must be 'random' or 'clip', got {q_proj_init!r}")
     state_dict = {}
-    if checkpoint == 'demo' or (checkpoint is None and model is None):
-        checkpoint = DEMO_CHECKPOINT
+    checkpoint = resolve_checkpoint(model, checkpoint)
     if checkpoint is not None:
         stored_config, state_dict = load_checkpoint(checkpoint)
         config = stored_config if model is None else get_model_config(model)

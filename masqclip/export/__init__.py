@@ -9,8 +9,10 @@ from masqclip.export.canvas import FixedSizeImageModel, network_input_size
 from masqclip.export.engine_cache import DEFAULT_CACHE_DIR, EngineCache, EngineKey
 from masqclip.export.errors import (
     BackendUnavailableError,
+    DamagedFileError,
     EngineBuildError,
     ExportError,
+    ForeignExportError,
     InputSizeError,
 )
 from masqclip.export.image_model import EXPORT_BACKENDS, build_image_model, ensure_onnx
@@ -28,11 +30,13 @@ __all__ = [
     'INPUT_NAMES',
     'OUTPUT_NAMES',
     'BackendUnavailableError',
+    'DamagedFileError',
     'EngineBuildError',
     'EngineCache',
     'EngineKey',
     'ExportError',
     'FixedSizeImageModel',
+    'ForeignExportError',
     'InputSizeError',
     'build_image_model',
     'ensure_onnx',

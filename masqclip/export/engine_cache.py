@@ -1,4 +1,10 @@
-"""The on-disk TensorRT engine cache: keys, lookup and atomic storage (no TensorRT needed).
+"""The on-disk cache: file digests, TensorRT engine keys, lookup and atomic storage (no
+TensorRT needed).
+
+Every cached file (ONNX graph and weights, engine, timing cache) has its SHA-256 recorded
+beside it in ``<file>.sha256`` (``sha256sum`` format, so ``sha256sum -c`` checks it too),
+written atomically once the file is complete. A file that differs from its digest, or has none
+(an interrupted write), reads as damaged and is rebuilt with a warning.
 
 An engine only runs on the TensorRT version and GPU model it was built for, with the graph,
 precision and input shape it was built from. The key holds all five; the digest names the file
@@ -12,12 +18,87 @@ import hashlib
 import json
 import logging
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from masqclip.export.errors import DamagedFileError
 
 logger = logging.getLogger('masqclip')
 
 DEFAULT_CACHE_DIR = Path('~/.cache/masqclip/engines')
+# One ``sha256sum`` line: 64 hex digits, two spaces (or space and '*'), a plain file name.
+_DIGEST_LINE = re.compile(r'([0-9a-f]{64}) [ *]([^/\\]+)')
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 24) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as stream:
+        while chunk := stream.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def digest_path(path: Path) -> Path:
+    """Where the digests of ``path`` (and of the files that belong with it) are recorded."""
+    return path.with_name(path.name + '.sha256')
+
+
+def record_digests(path: Path, digests: Mapping[str, str]) -> None:
+    """Record {file name: hex SHA-256} for ``path`` and the files beside it that belong with
+    it, atomically. Call it once they are complete: until then they read as damaged."""
+    lines = ''.join(f'{digest}  {name}\n' for name, digest in sorted(digests.items()))
+    _write_atomic(digest_path(path), lines.encode())
+
+
+def recorded_digests(path: Path) -> dict[str, str] | None:
+    """The digests recorded for ``path``, {file name: hex}; None when there are none.
+
+    :raises DamagedFileError: for a digest file that is not what ``record_digests`` writes.
+    """
+    try:
+        text = digest_path(path).read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DamagedFileError(f'cannot read {digest_path(path)}: {error}') from error
+    matches = [_DIGEST_LINE.fullmatch(line) for line in text.splitlines()]
+    if not matches or not all(matches):
+        raise DamagedFileError(f'{digest_path(path)} is not a list of SHA-256 digests')
+    digests = {match[2]: match[1] for match in matches}
+    if path.name not in digests:
+        raise DamagedFileError(f'{digest_path(path)} records no digest of {path.name}')
+    return digests
+
+
+def verify_digests(path: Path) -> dict[str, str]:
+    """Hash ``path`` and the files recorded with it, each once, and compare with the record.
+
+    :return: the verified digests, {file name: hex}.
+    :raises DamagedFileError: when there is no record, a recorded file is missing, or one
+        differs from its digest.
+    """
+    digests = recorded_digests(path)
+    if digests is None:
+        raise DamagedFileError(
+            f'{path} has no recorded digest ({digest_path(path).name} is missing: its write '
+            'was interrupted, or it was written before digests were recorded)'
+        )
+    for name, digest in digests.items():
+        part = path.parent / name
+        if not part.is_file():
+            raise DamagedFileError(f'{part} is missing')
+        if sha256_file(part) != digest:
+            raise DamagedFileError(f'{part} differs from its recorded SHA-256')
+    return digests
+
+
+def write_with_digest(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and then its digest, each atomically."""
+    _write_atomic(path, data)
+    record_digests(path, {path.name: hashlib.sha256(data).hexdigest()})
 
 
 @dataclass(frozen=True)
@@ -52,7 +133,8 @@ class EngineKey:
 
 
 class EngineCache:
-    """A folder of ``<digest>.engine`` files with ``<digest>.json`` sidecars and timing caches.
+    """A folder of ``<digest>.engine`` files with ``<digest>.json`` sidecars, timing caches,
+    and the ``.sha256`` digest of each engine and timing cache.
 
     :param directory: created on first store; ``~`` is expanded.
     """
@@ -65,7 +147,8 @@ class EngineCache:
         return self.directory / f'{key.digest()}.engine'
 
     def lookup(self, key: EngineKey) -> Path | None:
-        """The cached engine for ``key``, or None when absent or its sidecar differs."""
+        """The cached engine for ``key``, or None when absent, its sidecar differs or the
+        engine is damaged (each of these is then rebuilt)."""
         path = self.engine_path(key)
         sidecar = path.with_suffix('.json')
         if not path.is_file() or not sidecar.is_file():
@@ -81,17 +164,19 @@ class EngineCache:
                 stored,
             )
             return None
+        if not _intact(path, 'the engine will be rebuilt'):
+            return None
         return path
 
     def store(self, key: EngineKey, engine: bytes) -> Path:
-        """Write an engine and its sidecar atomically (the engine first, then the sidecar that
-        makes it visible to ``lookup``).
+        """Write an engine, its digest and its sidecar, each atomically and in this order: the
+        sidecar makes the entry visible to ``lookup``, the digest proves it complete.
 
         :return: the engine's path.
         """
         path = self.engine_path(key)
         self.directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, engine)
+        write_with_digest(path, engine)
         _write_atomic(
             path.with_suffix('.json'), json.dumps(key.to_dict(), indent=1, sort_keys=True).encode()
         )
@@ -109,13 +194,25 @@ class EngineCache:
         return self.directory / f'timing-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.cache'
 
     def read_timing_cache(self, path: Path) -> bytes:
-        """The stored timing cache, or b'' (a fresh one) when there is none."""
-        return path.read_bytes() if path.is_file() else b''
+        """The stored timing cache, or b'' (a fresh one) when there is none or it is damaged."""
+        if not path.is_file() or not _intact(path, 'starting a fresh timing cache'):
+            return b''
+        return path.read_bytes()
 
     def write_timing_cache(self, path: Path, data: bytes) -> None:
-        """Replace the stored timing cache atomically."""
+        """Replace the stored timing cache and its digest atomically."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, data)
+        write_with_digest(path, data)
+
+
+def _intact(path: Path, remedy: str) -> bool:
+    """Whether a cached file matches its recorded digest; a warning says ``remedy`` if not."""
+    try:
+        verify_digests(path)
+    except DamagedFileError as error:
+        logger.warning('damaged cache file: %s; %s', error, remedy)
+        return False
+    return True
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

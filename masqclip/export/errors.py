@@ -7,6 +7,15 @@ class ExportError(RuntimeError):
     """The image path could not be exported, or an ONNX file does not fit the request."""
 
 
+class ForeignExportError(ExportError):
+    """A graph or engine that is not a MasQCLIP image-path export (or not readable as one)."""
+
+
+class DamagedFileError(ExportError):
+    """A file differs from the digest recorded when it was written, or has none (damaged on
+    disk, modified since, or its write was interrupted)."""
+
+
 class BackendUnavailableError(RuntimeError):
     """A backend's runtime (onnxruntime, TensorRT) or the GPU it needs is missing."""
 

@@ -1,8 +1,9 @@
 """One entry point for the exported backends: an ImageModel for the predictor.
 
-``build_image_model`` makes sure an export of the right weights, size and precision exists
-(reusing one from the cache folder or exporting it), builds or loads the runtime, and wraps it
-in a ``FixedSizeImageModel`` so frames of another padded size are letter-padded or refused.
+``build_image_model`` makes sure an intact export of the right weights, size and precision
+exists (reusing one from the cache folder, or exporting it when there is none or it is
+damaged), builds or loads the runtime, and wraps it in a ``FixedSizeImageModel`` so frames of
+another padded size are letter-padded or refused.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from pathlib import Path
 import torch
 
 from masqclip.export.canvas import FixedSizeImageModel, validate_input_size
-from masqclip.export.engine_cache import DEFAULT_CACHE_DIR
-from masqclip.export.errors import ExportError
+from masqclip.export.engine_cache import DEFAULT_CACHE_DIR, digest_path, verify_digests
+from masqclip.export.errors import DamagedFileError, ExportError
 from masqclip.export.onnx import (
     EXPORT_VERSION,
     PRECISIONS,
+    check_export_digests,
     check_onnx_metadata,
     export_input_size,
     export_onnx,
@@ -48,11 +50,13 @@ def ensure_onnx(
     :param input_size: (Hp, Wp); None takes the size stored in an existing ``onnx_path``.
     :param cache_dir: where exports are kept when ``onnx_path`` is None, named after the model,
         size, precision, export version and weights, so other weights or an older graph
-        never pick up a stale file.
-    :param onnx_path: a file to use (checked against the network) or to export to.
+        never pick up a stale file; a damaged one is exported again, with a warning.
+    :param onnx_path: a file to use (checked against the network and its recorded digests)
+        or to export to.
     :return: the export's path.
     :raises ExportError: for an ``onnx_path`` made from other weights, size or precision, or
         a missing one without a network to export it from.
+    :raises DamagedFileError: for an ``onnx_path`` whose files differ from their digests.
     """
     if precision not in PRECISIONS:
         raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
@@ -71,8 +75,13 @@ def ensure_onnx(
             / f'{model_name or "masqclip"}-{height}x{width}-{precision}-v{EXPORT_VERSION}-'
             f'{weights}.onnx'
         )
-    onnx_path = Path(onnx_path)
-    if onnx_path.is_file():
+        reusable = _intact_cache_entry(onnx_path)
+    else:
+        onnx_path = Path(onnx_path)
+        reusable = onnx_path.is_file()
+        if reusable:
+            check_export_digests(onnx_path)  # the user's file: refused if damaged, not replaced
+    if reusable:
         check_onnx_metadata(onnx_path, input_size, precision, weights)
         logger.info('using the ONNX export %s', onnx_path)
         return onnx_path
@@ -90,6 +99,20 @@ def ensure_onnx(
         model_name=model_name,
         checkpoint=checkpoint,
     )
+
+
+def _intact_cache_entry(path: Path) -> bool:
+    """Whether the export cache holds an intact export at ``path``. A damaged one (its files
+    differ from their recorded digests, or these were never written) is reported, to be
+    exported again over it."""
+    if not path.is_file() and not digest_path(path).is_file():
+        return False  # not exported yet
+    try:
+        verify_digests(path)
+    except DamagedFileError as error:
+        logger.warning('damaged ONNX export in the cache, exporting it again: %s', error)
+        return False
+    return True
 
 
 def build_image_model(
@@ -127,6 +150,8 @@ def build_image_model(
     :return: a callable images [1, 3, H, W] -> (mask logits, objectness, mask embeddings).
     :raises BackendUnavailableError: when the runtime or the GPU it needs is missing.
     :raises ExportError: when an export cannot be made or does not fit.
+    :raises DamagedFileError: for an ``onnx_path`` whose files differ from their digests
+        (damaged cached files are rebuilt instead).
     """
     if backend not in EXPORT_BACKENDS:
         raise ValueError(

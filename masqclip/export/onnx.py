@@ -16,6 +16,9 @@ metadata or hashing the graph never parses a gigabyte of protobuf, and models ov
 format, model, input_size (``HxW``), precision, opset, weights (fingerprint of the image path's
 weights), checkpoint_sha256 (of the source checkpoint file, when there is one) and the
 architecture config as JSON.
+
+Each export records the SHA-256 of its graph and weights file in ``<name>.sha256`` (see
+``engine_cache``), moved into place last, so a damaged or half-written export is detected.
 """
 
 from __future__ import annotations
@@ -33,7 +36,14 @@ import torch
 from torch import nn
 
 from masqclip.export.canvas import validate_input_size
-from masqclip.export.errors import ExportError
+from masqclip.export.engine_cache import (
+    digest_path,
+    record_digests,
+    recorded_digests,
+    sha256_file,
+    verify_digests,
+)
+from masqclip.export.errors import DamagedFileError, ExportError, ForeignExportError
 from masqclip.inference.predictor import fingerprint_module
 from masqclip.modeling.masqclip import MasQCLIP
 
@@ -78,29 +88,51 @@ def fingerprint_image_path(network: MasQCLIP) -> str:
     return digest.hexdigest()
 
 
-def sha256_file(path: str | Path, chunk_bytes: int = 1 << 24) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as stream:
-        while chunk := stream.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def onnx_data_path(path: str | Path) -> Path:
     """Where the weights of an exported graph live (beside it, ``<name>.data``)."""
     path = Path(path)
     return path.with_name(path.name + '.data')
 
 
+def export_digests(path: Path) -> dict[str, str]:
+    """The SHA-256 of an export's files: the graph and its weights file (when it has one)."""
+    return {
+        part.name: sha256_file(part) for part in (path, onnx_data_path(path)) if part.is_file()
+    }
+
+
 def hash_onnx(path: str | Path) -> str:
-    """Hex SHA-256 over an exported graph and its weights file: what an engine is built from."""
-    digest = hashlib.sha256()
-    for part in (Path(path), onnx_data_path(path)):
-        if part.is_file():
-            digest.update(part.name.encode())
-            digest.update(sha256_file(part).encode())
-    return digest.hexdigest()
+    """Hex SHA-256 over an exported graph and its weights file: what an engine is built from.
+
+    Taken from the digests recorded at export when there are some (``check_export_digests``
+    verifies them), so finding a cached engine hashes no gigabyte of weights a second time.
+    """
+    path = Path(path)
+    digests = recorded_digests(path) or export_digests(path)
+    combined = hashlib.sha256()
+    for name in sorted(digests):
+        combined.update(name.encode())
+        combined.update(digests[name].encode())
+    return combined.hexdigest()
+
+
+def check_export_digests(path: str | Path) -> None:
+    """Check a given export against the digests recorded when it was written, if any (a file
+    from elsewhere may have none: its metadata is all there is to check).
+
+    :raises DamagedFileError: when its files differ from the record; the file is the user's,
+        so it is refused, never replaced.
+    """
+    path = Path(path)
+    if not digest_path(path).is_file():
+        return
+    try:
+        verify_digests(path)
+    except DamagedFileError as error:
+        raise DamagedFileError(
+            f'refusing the ONNX export {path}: {error}. Export it again (`masqclip export '
+            'onnx`) or restore it; delete its .sha256 file only if you trust it as it is'
+        ) from error
 
 
 def export_onnx(
@@ -186,8 +218,7 @@ def export_onnx(
         {METADATA_PREFIX + key: value for key, value in metadata.items()}
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Written in a scratch folder and moved (weights first) so an interrupted export never
-    # leaves a graph whose weights are missing or stale under ``path``.
+    # Written and hashed in a scratch folder, then moved into place.
     with tempfile.TemporaryDirectory(dir=path.parent, prefix='.export-') as scratch:
         scratch_path = Path(scratch) / path.name
         program.save(str(scratch_path), external_data=True)
@@ -195,10 +226,8 @@ def export_onnx(
             onnx.checker.check_model(str(scratch_path), full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
             raise ExportError(f'the exported graph fails the ONNX checker: {error}') from error
-        data = onnx_data_path(scratch_path)
-        if data.is_file():
-            os.replace(data, onnx_data_path(path))
-        os.replace(scratch_path, path)
+        record_digests(scratch_path, export_digests(scratch_path))
+        _move_export(scratch_path, path)
     logger.info(
         'exported %s (%.0f MB) in %.1f s',
         path,
@@ -208,10 +237,21 @@ def export_onnx(
     return path
 
 
+def _move_export(source: Path, path: Path) -> None:
+    """Move an export's files from ``source`` (of the same name: the graph names its weights
+    file) to ``path``: the old digest out first and the new one in last, so an export
+    interrupted in between reads as damaged, never as complete."""
+    digest_path(path).unlink(missing_ok=True)
+    for name in (onnx_data_path(path).name, path.name, digest_path(path).name):
+        if (source.parent / name).is_file():
+            os.replace(source.parent / name, path.parent / name)
+
+
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     """The ``masqclip.`` metadata of an exported graph, prefix removed.
 
-    :raises ExportError: when the file is missing or is not an ONNX model.
+    :raises ExportError: when the file is missing.
+    :raises ForeignExportError: when it is not an ONNX model.
     """
     import onnx
 
@@ -221,7 +261,7 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf raises DecodeError and others for a foreign file
-        raise ExportError(f'{path} is not a readable ONNX model: {error}') from error
+        raise ForeignExportError(f'{path} is not a readable ONNX model: {error}') from error
     return {
         prop.key[len(METADATA_PREFIX) :]: prop.value
         for prop in model.metadata_props
@@ -240,11 +280,12 @@ def check_onnx_metadata(
     :param weights: ``fingerprint_image_path`` of the network the caller will pair it with;
         None skips the check (an engine-only deployment without the torch weights).
     :return: the metadata.
+    :raises ForeignExportError: for a file that is not an export of this version.
     :raises ExportError: naming every field that differs and what to do.
     """
     metadata = read_onnx_metadata(path)
     if metadata.get('format') != FORMAT:
-        raise ExportError(
+        raise ForeignExportError(
             f'{path} was not written by `masqclip export onnx` (format '
             f'{metadata.get("format")!r}); export the model again'
         )

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from masqclip.export.engine_cache import DEFAULT_CACHE_DIR
-from masqclip.export.errors import BackendUnavailableError, InputSizeError
+from masqclip.export.errors import BackendUnavailableError, ForeignExportError, InputSizeError
 from masqclip.export.onnx import INPUT_NAMES, OUTPUT_NAMES
 
 logger = logging.getLogger('masqclip')
@@ -96,6 +96,7 @@ class OnnxRuntimeImageModel:
     :param providers: execution providers; None picks the default for ``device``.
     :param threads: intra-op threads on the CPU; None leaves onnxruntime's default.
     :param engine_cache_dir: where the TensorRT execution provider keeps its engines.
+    :raises ForeignExportError: for a graph with other inputs or outputs.
     """
 
     def __init__(
@@ -130,7 +131,7 @@ class OnnxRuntimeImageModel:
         inputs = self.session.get_inputs()
         outputs = {o.name: o for o in self.session.get_outputs()}
         if tuple(i.name for i in inputs) != INPUT_NAMES or set(outputs) != set(OUTPUT_NAMES):
-            raise ValueError(
+            raise ForeignExportError(
                 f'{onnx_path} is not a MasQCLIP image-path export (inputs '
                 f'{[i.name for i in inputs]}, outputs {sorted(outputs)})'
             )

@@ -20,10 +20,16 @@ from types import ModuleType
 import torch
 
 from masqclip.export.engine_cache import DEFAULT_CACHE_DIR, EngineCache, EngineKey
-from masqclip.export.errors import BackendUnavailableError, EngineBuildError, InputSizeError
+from masqclip.export.errors import (
+    BackendUnavailableError,
+    EngineBuildError,
+    ForeignExportError,
+    InputSizeError,
+)
 from masqclip.export.onnx import (
     INPUT_NAMES,
     OUTPUT_NAMES,
+    check_export_digests,
     check_onnx_metadata,
     export_input_size,
     hash_onnx,
@@ -128,6 +134,7 @@ def build_or_load_engine(
     :param workspace_bytes: TensorRT's workspace limit; None leaves TensorRT's default.
     :param heartbeat_s: seconds between progress lines during a build.
     :return: the engine file.
+    :raises DamagedFileError: when the graph to build from differs from its recorded digests.
     :raises EngineBuildError: when TensorRT cannot parse the graph or build it.
     """
     device = require_cuda_device(device)
@@ -146,6 +153,9 @@ def build_or_load_engine(
         key.compute_capability,
         key.tensorrt_version,
     )
+    # The key holds the digests recorded at export: check the files still have them, or a
+    # damaged graph's engine would be cached under a sound graph's key.
+    check_export_digests(onnx_path)
     start = time.perf_counter()
     with torch.cuda.device(device):
         engine = build_engine(onnx_path, cache, key, workspace_bytes, heartbeat_s)
@@ -215,6 +225,8 @@ class TensorRTImageModel:
     :param engine_path: a serialized engine (from ``build_or_load_engine``).
     :param device: the CUDA device it was built for.
     :param warmup: runs on a zero image before serving (first-run allocations, lazy kernels).
+    :raises EngineBuildError: for a file TensorRT cannot load.
+    :raises ForeignExportError: for an engine with other inputs or outputs.
     """
 
     def __init__(self, engine_path: str | Path, device: str = 'cuda', warmup: int = 3) -> None:
@@ -236,7 +248,7 @@ class TensorRTImageModel:
         if tuple(inputs) != INPUT_NAMES or sorted(set(names) - set(inputs)) != sorted(
             OUTPUT_NAMES
         ):
-            raise EngineBuildError(
+            raise ForeignExportError(
                 f'{engine_path} has I/O tensors {names}; expected '
                 f'{INPUT_NAMES} -> {OUTPUT_NAMES}: it is not a MasQCLIP '
                 'image-path engine (or one exported before version 2; delete it)'
