@@ -2,14 +2,21 @@
 
 Pure functions: every one takes or returns a message and numpy arrays and keeps no state.
 Every malformed message raises :class:`ImageConversionError` naming what is wrong, so the
-node can log it and keep serving.
+node can log it and keep serving; a compressed frame that decodes but looks wrong is reported
+to the caller's log.
 """
 
 from __future__ import annotations
 
 import array
+import io
+import re
+import struct
+import warnings
+from collections.abc import Callable
 
 import numpy as np
+from PIL import ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -37,13 +44,27 @@ DEPTH_ENCODINGS = ('16UC1', '32FC1')
 DEFAULT_MAX_PIXELS = 8192 * 8192
 """Largest height x width accepted; bigger claims are rejected before any allocation."""
 
+COMPRESSED_CODECS: dict[str, bytes] = {'JPEG': b'\xff\xd8\xff', 'PNG': b'\x89PNG\r\n\x1a\n'}
+"""The compressed formats decoded, by the leading bytes of their files."""
+
+WarningLog = Callable[[str, tuple[str, ...], str], object]
+"""``log(level, key, message)``: ``key`` names the kind of warning, so a caller can
+rate-limit per kind (the node's ``RateLimitedLog`` has this signature)."""
+
+# Pillow's plugin classes read only the header when constructed (load() decodes), and unlike
+# Image.open they apply no process-wide pixel limit of their own: max_pixels is the limit.
+_HEADER_READERS = {'JPEG': JpegImagePlugin.JpegImageFile, 'PNG': PngImagePlugin.PngImageFile}
+
+# What Pillow raises for malformed headers (as Image.open catches) or data (load).
+_DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error)
+
 
 class ImageConversionError(ValueError):
     """An image message that cannot be converted: the message says what is wrong.
 
     :param message: what is wrong and what to send instead.
-    :param field: the faulty part ('encoding', 'size', 'limit', 'step', 'data' or 'array'), so a
-        caller can rate-limit its logs per kind of fault.
+    :param field: the faulty part ('encoding', 'format', 'size', 'limit', 'step', 'data' or
+        'array'), so a caller can rate-limit its logs per kind of fault.
     """
 
     def __init__(self, message: str, field: str) -> None:
@@ -191,34 +212,124 @@ def image_msg_to_rgb(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
 
 
 def compressed_msg_to_rgb(
-    msg: CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS
+    msg: CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS, log: WarningLog | None = None
 ) -> tuple[np.ndarray, str]:
     """Decode a ``sensor_msgs/CompressedImage`` (JPEG or PNG) to three uint8 channels.
 
+    The payload's leading bytes choose the decoder (whatever ``format`` says) and the size
+    claimed by its header is checked before any pixel is decoded, so a small file that
+    claims a huge image costs nothing. Pixels are those OpenCV's ``imdecode`` gives (EXIF
+    orientation applied, alpha dropped, 16 bits reduced to their high byte).
+
     :param msg: the compressed image.
     :param max_pixels: largest ``height x width`` accepted.
-    :return: uint8 (H, W, 3) and ``'bgr'`` (the decoder's channel order).
-    :raises ImageConversionError: empty or undecodable data, or a huge image.
+    :param log: called as ``log('warning', key, message)`` for a frame that decodes but whose
+        ``format`` names the other codec (the node's rate-limited log fits); a Python warning
+        when None.
+    :return: uint8 (H, W, 3) C-contiguous, writable, and ``'rgb'``.
+    :raises ImageConversionError: empty data, a payload that is neither JPEG nor PNG
+        ('format'), a header claiming more than ``max_pixels`` ('limit'), or a header or
+        data that cannot be decoded, truncated data included ('data').
     """
-    import cv2  # only this input needs OpenCV
-
-    data = np.frombuffer(msg.data, dtype=np.uint8)
-    if data.size == 0:
+    data = memoryview(msg.data).cast('B')
+    if data.nbytes == 0:
         raise ImageConversionError(f'compressed image ({msg.format!r}) has no data', 'data')
-    pixels = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if pixels is None:
+    codec = _payload_codec(data)
+    if codec is None:
         raise ImageConversionError(
-            f'compressed image ({msg.format!r}, {data.size} bytes) could not be decoded: '
-            'send JPEG or PNG',
-            'data',
+            f'compressed image is neither JPEG nor PNG: format {msg.format!r}, data starts '
+            f'with {data[:8].hex(" ")}; send jpeg or png (compressed_image_transport)',
+            'format',
         )
-    if pixels.shape[0] * pixels.shape[1] > max_pixels:
+    _check_before_decoding(data, codec, max_pixels)
+    with _read_header(data, codec) as image:
+        pixels = _decode_rgb(image, codec)
+    _warn_if_format_disagrees(msg.format, codec, log or _python_warning)
+    return pixels, 'rgb'
+
+
+def _python_warning(level: str, key: tuple[str, ...], message: str) -> None:
+    # Python's default filter shows each distinct message once: a misconfigured camera does not
+    # flood stderr.
+    warnings.warn(message, stacklevel=2)
+
+
+def _payload_codec(data: memoryview) -> str | None:
+    """The codec whose signature starts ``data``, None if none does."""
+    for codec, signature in COMPRESSED_CODECS.items():
+        if data[: len(signature)] == signature:
+            return codec
+    return None
+
+
+def _codec_named_in(format_field: str) -> str | None:
+    """The codec a ``CompressedImage.format`` names (``jpeg``, ``png``, or
+    image_transport's ``bgr8; jpeg compressed bgr8``), None when it names neither."""
+    words = set(re.split(r'[\s;]+', format_field.lower()))
+    if words & {'jpeg', 'jpg'}:
+        return 'JPEG'
+    return 'PNG' if 'png' in words else None
+
+
+def _warn_if_format_disagrees(format_field: str, codec: str, log: WarningLog) -> None:
+    claimed = _codec_named_in(format_field)
+    if claimed not in (None, codec):
+        log(
+            'warning',
+            ('image', 'format'),
+            f'compressed image: format {format_field!r} says {claimed} but the data is '
+            f'{codec}; decoded as {codec}',
+        )
+
+
+def _read_header(data: memoryview, codec: str) -> ImageFile.ImageFile:
+    """The image with its header read (size and mode) and no pixel decoded."""
+    try:
+        return _HEADER_READERS[codec](io.BytesIO(data))
+    except _DECODER_ERRORS as error:
         raise ImageConversionError(
-            f'image of {pixels.shape[1]}x{pixels.shape[0]} is larger than the limit of '
-            f'{max_pixels} pixels',
+            f'{codec} header of {data.nbytes} bytes is malformed: {error}', 'data'
+        ) from error
+
+
+def _check_before_decoding(data: memoryview, codec: str, max_pixels: int) -> None:
+    """Refuse what the header or the checksums show wrong, decoding no pixel."""
+    with _read_header(data, codec) as image:
+        _check_claimed_size(image, codec, max_pixels)
+        try:
+            # PNG: every chunk's CRC, as libpng checks them (Pillow's load() skips IDAT's);
+            # JPEG has no checksum and verify() does nothing. It uses up ``image``.
+            image.verify()
+        except _DECODER_ERRORS as error:
+            raise ImageConversionError(f'{codec} data is corrupt: {error}', 'data') from error
+
+
+def _check_claimed_size(image: ImageFile.ImageFile, codec: str, max_pixels: int) -> None:
+    width, height = image.size  # Pillow refuses a zero width or height as malformed
+    if width * height > max_pixels:
+        raise ImageConversionError(
+            f'{codec} image of {width}x{height} is larger than the limit of {max_pixels} '
+            'pixels (refused before decoding)',
             'limit',
         )
-    return pixels, 'bgr'
+
+
+def _decode_rgb(image: ImageFile.ImageFile, codec: str) -> np.ndarray:
+    """Decode the pixels to uint8 RGB, as OpenCV's ``imdecode(..., IMREAD_COLOR)`` would."""
+    try:
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+    except _DECODER_ERRORS as error:
+        raise ImageConversionError(
+            f'{codec} data of {image.size[0]}x{image.size[1]} could not be decoded: {error}',
+            'data',
+        ) from error
+    if image.mode.startswith('I;16'):  # 16-bit grey; Pillow's convert() would clip, not scale
+        grey = (np.asarray(image) >> 8).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    # Alpha and transparency are dropped, as by OpenCV; converting with them would warn.
+    image.info.pop('transparency', None)
+    return np.array(image if image.mode == 'RGB' else image.convert('RGB'))
 
 
 def depth_msg_to_metres(

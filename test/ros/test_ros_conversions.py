@@ -1,9 +1,19 @@
-"""Round trips and rejections of the image conversions (pure numpy, no node)."""
+"""Round trips and rejections of the image conversions (no node): raw images and compressed
+frames, decompression bombs included."""
+
+import contextlib
+import io
+import json
+import struct
+import subprocess
+import sys
+import zlib
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image as PILImage
 
 pytest.importorskip('sensor_msgs.msg')
 pytest.importorskip(
@@ -14,6 +24,7 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from masqclip_ros.conversions import (  # noqa: E402
+    DEFAULT_MAX_PIXELS,
     ENCODINGS,
     ImageConversionError,
     array_to_image_msg,
@@ -127,22 +138,273 @@ def test_depth_in_millimetres_and_metres_with_invalid_pixels() -> None:
         depth_msg_to_metres(array_to_image_msg(mm.astype(np.uint8), 'mono8'))
 
 
-def test_compressed_png_decodes_and_garbage_is_rejected() -> None:
+def compressed(data: bytes, format_field: str = '') -> CompressedImage:
+    msg = CompressedImage(format=format_field)
+    msg.data = data
+    return msg
+
+
+def scene_bgr(height: int = 48, width: int = 64) -> np.ndarray:
+    """uint8 BGR with smooth gradients and noise, so JPEG rounding is exercised."""
+    y, x = np.mgrid[0:height, 0:width]
+    noise = np.random.default_rng(0).integers(0, 40, (height, width, 3))
+    return ((np.stack([x * 3, y * 5, x + y], 2) + noise) % 256).astype(np.uint8)
+
+
+def encoded(kind: str) -> bytes:
+    """A frame as camera drivers and image_transport publish them, by kind."""
     cv2 = pytest.importorskip('cv2')
-    bgr = random_image('bgr8')
-    ok, png = cv2.imencode('.png', bgr)
-    assert ok
-    msg = CompressedImage(format='png')
-    msg.data = png.tobytes()
-    out, color = compressed_msg_to_rgb(msg)
-    assert color == 'bgr'
-    np.testing.assert_array_equal(out, bgr)
-    msg.data = b'not an image'
-    with pytest.raises(ImageConversionError, match='could not be decoded'):
-        compressed_msg_to_rgb(msg)
-    msg.data = b''
-    with pytest.raises(ImageConversionError, match='no data'):
-        compressed_msg_to_rgb(msg)
+    bgr = scene_bgr()
+    # 16 bits whose low bytes vary, so keeping the high byte differs from rounding or clipping.
+    wide = bgr.astype(np.uint16) * 257 + np.arange(bgr.size, dtype=np.uint16).reshape(bgr.shape)
+    pil = PILImage.fromarray(bgr[:, :, ::-1])
+    opencv = {
+        'jpeg bgr8': ('.jpg', bgr, []),
+        'jpeg mono8': ('.jpg', bgr[:, :, 0], []),
+        'jpeg 4:4:4': ('.jpg', bgr, [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, 0x111111]),
+        'jpeg progressive': ('.jpg', bgr, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+        'png bgr8': ('.png', bgr, []),
+        'png mono8': ('.png', bgr[:, :, 0], []),
+        'png bgra8': ('.png', np.concatenate([bgr, bgr[:, :, :1]], 2), []),
+        'png bgr16': ('.png', wide, []),
+        'png mono16': ('.png', wide[:, :, 0], []),
+    }
+    if kind in opencv:
+        extension, pixels, options = opencv[kind]
+        ok, data = cv2.imencode(extension, pixels, options)
+        assert ok
+        return data.tobytes()
+    out = io.BytesIO()
+    if kind == 'png palette with alpha':
+        pil.quantize(16).save(out, 'PNG', transparency=bytes(range(0, 256, 16)))
+    elif kind == 'jpeg rotated by exif':
+        exif = PILImage.Exif()
+        exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+        pil.save(out, 'JPEG', exif=exif.tobytes())
+    return out.getvalue()
+
+
+ENCODED_KINDS = [
+    'jpeg bgr8', 'jpeg mono8', 'jpeg 4:4:4', 'jpeg progressive', 'jpeg rotated by exif',
+    'png bgr8', 'png mono8', 'png bgra8', 'png bgr16', 'png mono16', 'png palette with alpha',
+]  # fmt: skip
+
+
+@pytest.mark.parametrize('kind', ENCODED_KINDS)
+def test_compressed_frames_decode_to_the_pixels_opencv_gives(kind: str) -> None:
+    # OpenCV's imdecode is what this conversion used before it read headers first.
+    cv2 = pytest.importorskip('cv2')
+    data = encoded(kind)
+    before = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    out, color = compressed_msg_to_rgb(compressed(data, kind.split()[0]))
+    assert color == 'rgb' and out.dtype == np.uint8
+    assert out.flags.c_contiguous and out.flags.writeable
+    assert out.shape == before.shape
+    np.testing.assert_array_equal(out, before)
+
+
+def zlib_of_zeros(length: int) -> bytes:
+    """A zlib stream of ``length`` zero bytes, without compressing all of them: after a full
+    flush the compressor starts afresh, so every further chunk deflates to the same bytes."""
+    chunk = 1 << 24
+    zeros = bytes(chunk)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw: header and checksum are ours
+    block = deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH)
+    rest = deflate.compress(bytes(length % chunk)) + deflate.flush()
+    checksum = 1
+    for _ in range(length // chunk):
+        checksum = zlib.adler32(zeros, checksum)
+    checksum = zlib.adler32(bytes(length % chunk), checksum)
+    return b'\x78\xda' + block * (length // chunk) + rest + struct.pack('>I', checksum)
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    crc = zlib.crc32(kind + payload)
+    return struct.pack('>I', len(payload)) + kind + payload + struct.pack('>I', crc)
+
+
+def png_of_zeros(width: int, height: int) -> bytes:
+    """A valid 8-bit grey PNG, all black: each row is a filter byte and ``width`` zeros."""
+    header = struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0)
+    pixels = zlib_of_zeros(height * (width + 1))
+    return (
+        b'\x89PNG\r\n\x1a\n'
+        + png_chunk(b'IHDR', header)
+        + png_chunk(b'IDAT', pixels)
+        + png_chunk(b'IEND', b'')
+    )
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """An 8x8 baseline JPEG whose frame header (SOF0) claims ``width x height``."""
+    out = io.BytesIO()
+    PILImage.new('RGB', (8, 8)).save(out, 'JPEG')
+    data = bytearray(out.getvalue())
+    sof = data.index(b'\xff\xc0')  # marker, length (2), precision (1), height, width
+    data[sof + 5 : sof + 9] = struct.pack('>HH', height, width)
+    return bytes(data)
+
+
+MEASURE_DECODE = """
+import json, resource, sys, time
+from sensor_msgs.msg import CompressedImage
+from masqclip_ros.conversions import ImageConversionError, compressed_msg_to_rgb
+msg = CompressedImage(format=sys.argv[2])
+msg.data = open(sys.argv[1], 'rb').read()
+peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+try:
+    compressed_msg_to_rgb(msg)
+    error = None
+except ImageConversionError as refusal:
+    error = [refusal.field, str(refusal)]
+seconds = time.perf_counter() - started
+growth_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
+print(json.dumps({'error': error, 'growth_mib': growth_kib / 1024, 'seconds': seconds}))
+"""
+
+
+def decode_in_fresh_process(tmp_path, data: bytes, format_field: str) -> dict:
+    """Run the conversion in a new interpreter; return its peak memory growth, time, refusal."""
+    payload = tmp_path / 'payload'
+    payload.write_bytes(data)
+    command = [sys.executable, '-c', MEASURE_DECODE, str(payload), format_field]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize('kind', ['png', 'jpeg'])
+def test_decompression_bombs_are_refused_without_decoding(tmp_path, kind: str) -> None:
+    # 30000 x 30000 grey is 900 MB decoded, 2.7 GB as RGB: the 0.9 MB PNG is real, the
+    # 0.6 KB JPEG only claims it. Decoding first costs GBs and seconds.
+    data = png_of_zeros(30000, 30000) if kind == 'png' else jpeg_claiming(30000, 30000)
+    assert len(data) < 1_000_000
+    result = decode_in_fresh_process(tmp_path, data, kind)
+    assert result['error'] is not None, 'the bomb was decoded'
+    field, message = result['error']
+    assert field == 'limit'
+    assert '30000x30000' in message and str(DEFAULT_MAX_PIXELS) in message
+    assert result['growth_mib'] < 50, result
+    assert result['seconds'] < 1, result
+
+
+def test_a_png_bomb_is_really_a_png_of_zeros() -> None:
+    data = png_of_zeros(3000, 2000)  # the bomb's recipe, small enough to decode here
+    out, _ = compressed_msg_to_rgb(compressed(data, 'png'))
+    assert out.shape == (2000, 3000, 3) and not out.any()
+
+
+def compressed_depth(data: bytes) -> bytes:
+    """compressed_depth_image_transport's payload: a 12-byte config header, then PNG."""
+    return struct.pack('<iff', 0, 0.0, 0.0) + data
+
+
+@pytest.mark.parametrize(
+    ('format_field', 'make'),
+    [
+        ('tiff', lambda: pil_encoded('TIFF')),
+        ('bmp', lambda: pil_encoded('BMP')),
+        ('webp', lambda: pil_encoded('WEBP')),
+        ('16UC1; compressedDepth png', lambda: compressed_depth(encoded('png mono16'))),
+        ('jpeg', lambda: b'not an image'),
+    ],
+)
+def test_compressed_formats_other_than_jpeg_and_png_are_refused(format_field, make) -> None:
+    data = make()
+    with pytest.raises(ImageConversionError, match='neither JPEG nor PNG') as refusal:
+        compressed_msg_to_rgb(compressed(data, format_field))
+    assert refusal.value.field == 'format'
+    assert repr(format_field) in str(refusal.value) and data[:4].hex(' ') in str(refusal.value)
+
+
+def pil_encoded(format_name: str) -> bytes:
+    out = io.BytesIO()
+    PILImage.fromarray(scene_bgr()).save(out, format_name)
+    return out.getvalue()
+
+
+def test_a_format_field_naming_the_other_codec_is_logged_and_the_data_decoded() -> None:
+    logged = []
+    msg = compressed(encoded('jpeg bgr8'), 'rgb8; png compressed rgb8')
+    out, _ = compressed_msg_to_rgb(msg, log=lambda *args: logged.append(args))
+    assert out.shape == (48, 64, 3)
+    assert logged == [
+        (
+            'warning',
+            ('image', 'format'),
+            "compressed image: format 'rgb8; png compressed rgb8' says PNG but the data is "
+            'JPEG; decoded as JPEG',
+        )
+    ]
+    with pytest.warns(UserWarning, match='says PNG but the data is JPEG'):
+        compressed_msg_to_rgb(msg)  # no log of the caller's
+    for format_field in ('jpeg', 'bgr8; jpeg compressed bgr8', 'JPG', ''):
+        compressed_msg_to_rgb(compressed(msg.data, format_field), log=lambda *a: logged.append(a))
+    assert len(logged) == 1
+
+
+def corrupt_png_pixel_data() -> bytes:
+    data = bytearray(encoded('png bgr8'))
+    data[data.index(b'IDAT') + 20] ^= 0xFF  # inside the compressed pixels; the CRC now fails
+    return bytes(data)
+
+
+def jpeg_cut_in_half() -> bytes:
+    data = encoded('jpeg bgr8')
+    return data[: len(data) // 2]
+
+
+def jpeg_with_extraneous_bytes() -> bytes:
+    data = encoded('jpeg bgr8')
+    return data[:-2] + b'\x00\x00' + data[-2:]  # libjpeg: "2 extraneous bytes before marker"
+
+
+@pytest.mark.parametrize(
+    ('make', 'field', 'words'),
+    [
+        (lambda: b'', 'data', 'no data'),
+        (lambda: encoded('png bgr8')[:20], 'data', 'PNG header of 20 bytes is malformed'),
+        (lambda: png_of_zeros(0, 10), 'data', 'PNG header of 68 bytes is malformed'),
+        (lambda: jpeg_claiming(0, 10), 'data', 'JPEG header of 631 bytes is malformed'),
+        (corrupt_png_pixel_data, 'data', 'PNG data is corrupt'),
+        (jpeg_cut_in_half, 'data', 'JPEG data of 64x48 could not be decoded'),
+    ],
+)
+def test_truncated_and_corrupt_frames_are_refused(make, field, words) -> None:
+    with pytest.raises(ImageConversionError, match=words) as refusal:
+        compressed_msg_to_rgb(compressed(make()))
+    assert refusal.value.field == field
+
+
+def test_decoders_write_nothing_to_the_process_stderr(capfd) -> None:
+    # OpenCV's libjpeg and libpng print their warnings on file descriptor 2, past any log.
+    for data in (jpeg_with_extraneous_bytes(), jpeg_cut_in_half(), corrupt_png_pixel_data()):
+        with contextlib.suppress(ImageConversionError):
+            compressed_msg_to_rgb(compressed(data))
+    assert capfd.readouterr().err == ''
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    kind=st.sampled_from(['jpeg bgr8', 'jpeg progressive', 'png bgr8', 'png mono16']),
+    edits=st.lists(
+        st.tuples(st.floats(0, 1), st.binary(max_size=8), st.integers(0, 64)), max_size=4
+    ),
+    cut=st.floats(0.05, 1),
+)
+def test_fuzz_any_compressed_frame_decodes_or_raises_the_conversion_error(kind, edits, cut):
+    data = bytearray(encoded(kind))
+    for where, insert, delete in edits:
+        at = int(where * len(data))
+        data[at : at + delete] = insert
+    data = bytes(data[: max(1, int(cut * len(data)))])
+    try:
+        pixels, color = compressed_msg_to_rgb(compressed(data), log=lambda *args: None)
+    except ImageConversionError as error:
+        assert error.field in ('format', 'limit', 'data')
+        return
+    assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.uint8
+    assert color == 'rgb'
 
 
 def test_arrays_that_do_not_fit_the_encoding_are_rejected() -> None:
