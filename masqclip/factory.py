@@ -64,6 +64,12 @@ def resolve_checkpoint(model: str | None, checkpoint: str | Path | None) -> Path
     return None if checkpoint is None else Path(checkpoint)
 
 
+def model_name(model: str | None, checkpoint: str | Path | None) -> str:
+    """A short name for a model (its exports and logs): the architecture's name, else the
+    checkpoint file's ('masqclip_demo' for masqclip_demo.pt.gz, 'arch' for configs/arch.json)."""
+    return Path(model or resolve_checkpoint(model, checkpoint)).name.split('.')[0]
+
+
 def build_model(
     model: str | None = None,
     checkpoint: str | Path | None = None,

@@ -485,3 +485,14 @@ def test_cpu_benchmark_runs_both_backends_on_a_padded_frame(tmp_path):
     assert figures['input_size'] == [64, 96]  # 70x96 -> 64x88 content, padded to 64x96
     assert figures['onnxruntime_s'] > 0 and figures['torch_s'] > 0
     assert figures['max_abs_diff'] < 1e-4
+
+
+def test_cli_exports_the_shipped_demo_model_by_name(tmp_path, capsys):
+    from masqclip.export.engine_cache import sha256_file
+    from masqclip.factory import DEMO_CHECKPOINT
+
+    out = tmp_path / 'demo.onnx'
+    assert _export_command(['onnx', '--checkpoint', 'demo', '--out', str(out)]) == 0
+    metadata = read_onnx_metadata(out)
+    assert metadata['model'] == 'masqclip_demo'
+    assert metadata['checkpoint_sha256'] == sha256_file(DEMO_CHECKPOINT)

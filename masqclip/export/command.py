@@ -92,19 +92,13 @@ def run(args: argparse.Namespace) -> int:
     return _run_tensorrt(args)
 
 
-def _model_name(args: argparse.Namespace) -> str:
-    if args.checkpoint:
-        return Path(args.checkpoint).stem
-    return args.model or 'masqclip_demo'
-
-
 def _export(args: argparse.Namespace, out: str | None, opset: int = DEFAULT_OPSET) -> Path:
-    from masqclip.factory import build_model
+    from masqclip.factory import build_model, model_name, resolve_checkpoint
 
+    checkpoint = resolve_checkpoint(args.model, args.checkpoint)  # the file the export records
+    name = model_name(args.model, checkpoint)
     network, config = build_model(
-        args.model,
-        checkpoint=args.checkpoint,
-        clip_weights=args.clip_weights,
+        args.model, checkpoint=checkpoint, clip_weights=args.clip_weights
     )
     network = network.to(args.device if args.device.startswith('cuda') else 'cpu')
     input_size = network_input_size(config, *args.frame_size)
@@ -116,8 +110,8 @@ def _export(args: argparse.Namespace, out: str | None, opset: int = DEFAULT_OPSE
             input_size,
             args.precision,
             opset,
-            _model_name(args),
-            args.checkpoint,
+            name,
+            checkpoint,
         )
     return ensure_onnx(
         network,
@@ -125,8 +119,8 @@ def _export(args: argparse.Namespace, out: str | None, opset: int = DEFAULT_OPSE
         input_size,
         args.precision,
         args.engine_cache_dir,
-        model_name=_model_name(args),
-        checkpoint=args.checkpoint,
+        model_name=name,
+        checkpoint=checkpoint,
     )
 
 
