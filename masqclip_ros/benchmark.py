@@ -4,12 +4,16 @@
 process, publishes 640x480 rgb8 frames at ``--rate`` Hz and prints: end-to-end latency (image
 stamp to ``~/instances`` arrival), throughput, frames dropped by the depth-1 queue, and from
 the node's /diagnostics the predictor's own time next to the node's overhead (conversion,
-3D, message building and publishing), whose ratio should stay under 10%.
+3D, message building and publishing), whose ratio should stay under 10%. While the frames
+stream it also calls ``~/find`` on the latest frame, one call at a time, alternating a query
+never asked before (its text is encoded) and one asked before (cached), and prints the round
+trip of each kind next to the predictor's time: find must not wait for the image pass.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -19,6 +23,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from masqclip_ros.msg import InstanceSegmentation
+from masqclip_ros.srv import FindObjects
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
@@ -29,6 +34,46 @@ from masqclip_ros.conversions import array_to_image_msg
 from masqclip_ros.node_process import NodeProcess, share_directory
 
 QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+SEEN_QUERY = 'red mug'
+ANSWERED = (FindObjects.Response.FOUND, FindObjects.Response.NOT_FOUND)
+
+
+class FindProbe:
+    """Calls ``~/find`` (LATEST) every ``period_s`` while frames stream, never two at once,
+    and records each answer's round trip under 'new query' or 'seen query'."""
+
+    def __init__(self, client: Node, period_s: float) -> None:
+        self._service = client.create_client(FindObjects, '/masqclip_node/find')
+        self._period = period_s
+        self._next_call = 0.0
+        self._busy = False
+        self._warm = False  # SEEN_QUERY answered once, so its text is cached
+        self._kinds = itertools.cycle(['new query', 'seen query'])
+        self._new_queries = (f'thing number {n}' for n in itertools.count())
+        self.latencies: dict[str, list[float]] = {'new query': [], 'seen query': []}
+        self.failures: list[str] = []
+
+    def poll(self) -> None:
+        """Send the next call when it is due and none is outstanding."""
+        if self._busy or time.monotonic() < self._next_call:
+            return
+        kind = next(self._kinds) if self._warm else 'warm-up'
+        query = next(self._new_queries) if kind == 'new query' else SEEN_QUERY
+        self._busy = True
+        sent = time.perf_counter()
+        future = self._service.call_async(FindObjects.Request(query=query))
+        future.add_done_callback(lambda done: self._on_answer(kind, sent, done.result()))
+
+    def _on_answer(self, kind: str, sent: float, answer: FindObjects.Response) -> None:
+        elapsed = time.perf_counter() - sent
+        self._busy = False
+        self._next_call = time.monotonic() + self._period
+        if answer.status not in ANSWERED:
+            self.failures.append(answer.message)
+        elif kind == 'warm-up':
+            self._warm = True
+        else:
+            self.latencies[kind].append(elapsed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--seconds', type=float, default=20.0)
     parser.add_argument('--width', type=int, default=640)
     parser.add_argument('--height', type=int, default=480)
+    parser.add_argument(
+        '--find-period', type=float, default=0.2, help='seconds between find calls; 0 = none'
+    )
     parser.add_argument(
         '--params-file', default=str(share_directory() / 'config' / 'segment.yaml')
     )
@@ -72,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     client.create_subscription(InstanceSegmentation, '/masqclip_node/instances', on_instances, QOS)
     client.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
     publisher = client.create_publisher(Image, 'image', QOS)
+    probe = FindProbe(client, args.find_period) if args.find_period > 0 else None
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (args.height, args.width, 3), np.uint8) for _ in range(4)]
     try:
@@ -89,35 +138,69 @@ def main(argv: list[str] | None = None) -> int:
             sent += 1
             next_send = start + sent / args.rate
             while time.monotonic() < next_send:
-                rclpy.spin_once(client, timeout_sec=max(0.0, next_send - time.monotonic()))
+                if probe is not None and arrivals:  # find needs a processed frame
+                    probe.poll()
+                # Short spins: the probe's next call must not wait for the next frame.
+                rclpy.spin_once(
+                    client, timeout_sec=min(0.01, max(0.0, next_send - time.monotonic()))
+                )
         end = time.monotonic() + 5
         while time.monotonic() < end:
             rclpy.spin_once(client, timeout_sec=0.1)
         if not arrivals:
             print(f'no output received; see {args.log}', file=sys.stderr)
             return 1
-        latency = np.array([arrival - stamp for stamp, arrival in arrivals])
-        span = arrivals[-1][1] - arrivals[0][1]
-        print(f'sent {sent} frames of {args.width}x{args.height} at {args.rate:g} Hz; '
-              f'received {len(arrivals)} outputs')  # fmt: skip
-        print(f'throughput: {(len(arrivals) - 1) / span if span > 0 else 0:.2f} frames/s')
-        print(f'latency stamp->output: mean {latency.mean() * 1e3:.1f} ms, '
-              f'p50 {np.percentile(latency, 50) * 1e3:.1f} ms, '
-              f'p95 {np.percentile(latency, 95) * 1e3:.1f} ms')  # fmt: skip
-        windows = [d for d in diagnostics if float(d.get('predictor time (s)', 0)) > 0]
-        if windows:
-            predictor = np.mean([float(d['predictor time (s)']) for d in windows])
-            overhead = np.mean([float(d['node overhead (s)']) for d in windows])
-            print(
-                f'predictor time: {predictor * 1e3:.1f} ms/frame; node overhead: '
-                f'{overhead * 1e3:.2f} ms/frame ({100 * overhead / predictor:.1f}% of predictor)'
-            )
-            print(f'dropped by the depth-1 queue: {windows[-1]["dropped (queue)"]}')
+        predictor = report(args, sent, arrivals, diagnostics)
+        if probe is not None:
+            report_find(probe, predictor)
         return 0
     finally:
         client.destroy_node()
         rclpy.try_shutdown()
         node.stop()
+
+
+def report(
+    args: argparse.Namespace,
+    sent: int,
+    arrivals: list[tuple[float, float]],
+    diagnostics: list[dict[str, str]],
+) -> float | None:
+    """Print latency, throughput and the node's own times; return the predictor's seconds."""
+    latency = np.array([arrival - stamp for stamp, arrival in arrivals])
+    span = arrivals[-1][1] - arrivals[0][1]
+    print(f'sent {sent} frames of {args.width}x{args.height} at {args.rate:g} Hz; '
+          f'received {len(arrivals)} outputs')  # fmt: skip
+    print(f'throughput: {(len(arrivals) - 1) / span if span > 0 else 0:.2f} frames/s')
+    print(f'latency stamp->output: mean {latency.mean() * 1e3:.1f} ms, '
+          f'p50 {np.percentile(latency, 50) * 1e3:.1f} ms, '
+          f'p95 {np.percentile(latency, 95) * 1e3:.1f} ms')  # fmt: skip
+    windows = [d for d in diagnostics if float(d.get('predictor time (s)', 0)) > 0]
+    if not windows:
+        return None
+    predictor = float(np.mean([float(d['predictor time (s)']) for d in windows]))
+    overhead = float(np.mean([float(d['node overhead (s)']) for d in windows]))
+    print(
+        f'predictor time: {predictor * 1e3:.1f} ms/frame; node overhead: '
+        f'{overhead * 1e3:.2f} ms/frame ({100 * overhead / predictor:.1f}% of predictor)'
+    )
+    print(f'dropped by the depth-1 queue: {windows[-1]["dropped (queue)"]}')
+    return predictor
+
+
+def report_find(probe: FindProbe, predictor: float | None) -> None:
+    """Print find's round trip per kind of query, as a share of the predictor's time."""
+    for kind, latencies in probe.latencies.items():
+        if not latencies:
+            print(f'find ({kind}): no answer')
+            continue
+        p50, p95 = (float(np.percentile(latencies, p)) for p in (50, 95))
+        share = f' ({100 * p95 / predictor:.1f}% of predictor)' if predictor else ''
+        print(f'find LATEST while streaming ({kind}): p50 {p50 * 1e3:.1f} ms, '
+              f'p95 {p95 * 1e3:.1f} ms{share}, max {max(latencies) * 1e3:.1f} ms, '
+              f'{len(latencies)} calls')  # fmt: skip
+    if probe.failures:
+        print(f'find failed {len(probe.failures)} times, e.g.: {probe.failures[0]}')
 
 
 if __name__ == '__main__':

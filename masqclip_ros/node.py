@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import rclpy
@@ -39,6 +40,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
+from masqclip.factory import DEMO_CHECKPOINT
 from masqclip.inference.predictor import Predictor
 from masqclip.inference.results import SegmentationResult
 from masqclip.inference.vocabulary import Vocabulary, VocabularyError
@@ -225,7 +227,10 @@ class SegmentationNode(LifecycleNode):
         self.vocabulary_version = 0
         self.stats = Stats()
         self._log = RateLimitedLog(self.get_logger())
-        self._model_lock = threading.RLock()
+        # Held while the predictor's vocabulary is read (a whole predict, so that a frame and
+        # its vocabulary version agree) or changed. find never takes it: it scores a stored
+        # frame with the predictor's thread-safe text cache while the next frame is segmented.
+        self._vocabulary_lock = threading.RLock()
         self._slot = LatestSlot()
         self._frames: collections.deque[FrameRecord] = collections.deque()
         self._frame_ready = threading.Condition()
@@ -273,7 +278,7 @@ class SegmentationNode(LifecycleNode):
             predictor = Predictor.from_config(**settings.predictor_options())
         except (OSError, ValueError, TypeError, RuntimeError) as error:
             self.get_logger().error(
-                f'configure failed: cannot build the model {settings.model_config!r} '
+                f'configure failed: cannot build the model {model_name(settings)} '
                 f'(backend {settings.backend}, device {settings.device}): {error}'
             )
             return TransitionCallbackReturn.FAILURE
@@ -307,7 +312,7 @@ class SegmentationNode(LifecycleNode):
             self.create_timer(settings.diagnostics_period_s, self._on_diagnostics)
         ]
         self.get_logger().info(
-            f'configured: model {settings.model_config} on {settings.device} '
+            f'configured: model {model_name(settings)} on {settings.device} '
             f'({settings.backend}, {settings.precision}) in {time.perf_counter() - started:.1f} s'
             f', {len(vocabulary)} classes'
         )
@@ -390,7 +395,7 @@ class SegmentationNode(LifecycleNode):
         for timer in self._timer_handles:
             self.destroy_timer(timer)
         self._outputs, self._service_handles, self._timer_handles = {}, [], []
-        with self._model_lock:
+        with self._vocabulary_lock:
             self.predictor = None
         self._frames.clear()
         self._depth.clear()
@@ -537,7 +542,7 @@ class SegmentationNode(LifecycleNode):
 
     def _process(self, frame: Frame) -> None:
         settings = self.settings
-        with self._model_lock:
+        with self._vocabulary_lock:
             predictor = self.predictor
             if predictor is None:
                 return
@@ -655,7 +660,7 @@ class SegmentationNode(LifecycleNode):
         return Vocabulary.from_names(names)
 
     def _apply_vocabulary(self, vocabulary: Vocabulary, source: str) -> float:
-        with self._model_lock:
+        with self._vocabulary_lock:
             seconds = self.predictor.set_vocabulary(vocabulary)
             self.vocabulary_version += 1
             message = vocabulary_to_msg(
@@ -671,7 +676,7 @@ class SegmentationNode(LifecycleNode):
     def _change_vocabulary(self, entries: list, mode: int) -> tuple[bool, str, int, float]:
         """Apply a SetVocabulary request; return (success, message, version, encode seconds)."""
         request = SetVocabulary.Request
-        with self._model_lock:
+        with self._vocabulary_lock:
             if self.predictor is None:
                 return False, 'the node is not configured', self.vocabulary_version, 0.0
             current = self.predictor.vocabulary
@@ -708,7 +713,7 @@ class SegmentationNode(LifecycleNode):
     def _on_get_vocabulary(
         self, request: GetVocabulary.Request, response: GetVocabulary.Response
     ) -> GetVocabulary.Response:
-        with self._model_lock:
+        with self._vocabulary_lock:
             if self.predictor is not None:
                 response.vocabulary = vocabulary_to_msg(
                     self.predictor.vocabulary,
@@ -768,21 +773,21 @@ class SegmentationNode(LifecycleNode):
         if record is None:
             return response
         response.header = record.header
-        with self._model_lock:
-            if self.predictor is None:
-                response.message = 'the node is not configured'
-                return response
-            try:
-                matches = self.predictor.find(
-                    record.result,
-                    request.query,
-                    list(request.negative_queries),
-                    max_results=int(request.max_results),
-                    min_score=float(request.min_score),
-                )
-            except (VocabularyError, ValueError) as error:
-                response.message = f'cannot score query {request.query!r}: {error}'
-                return response
+        predictor = self.predictor  # one read: cleanup may drop it meanwhile
+        if predictor is None:
+            response.message = 'the node is not configured'
+            return response
+        try:
+            matches = predictor.find(
+                record.result,
+                request.query,
+                list(request.negative_queries),
+                max_results=int(request.max_results),
+                min_score=float(request.min_score),
+            )
+        except (VocabularyError, ValueError) as error:
+            response.message = f'cannot score query {request.query!r}: {error}'
+            return response
         use_3d = request.return_3d and record.depth_m is not None
         for match in matches:
             geometry = None
@@ -871,7 +876,7 @@ class SegmentationNode(LifecycleNode):
             'rejected (malformed)': self.stats.rejected,
             'skipped (max_rate_hz)': self.stats.skipped,
             'inference errors': self.stats.errors,
-            'model': settings.model_config,
+            'model': model_name(settings),
             'backend': settings.backend,
             'device': settings.device,
             'precision': settings.precision,
@@ -903,6 +908,18 @@ class SegmentationNode(LifecycleNode):
                 theirs += ': a reliable subscription never receives from best_effort ' \
                     'publishers; set input.reliability to best_effort or auto'  # fmt: skip
         return f'no image received for {silent:.1f} s on {self._image_topic} ({ours}); {theirs}'
+
+
+def model_name(settings: Settings) -> str:
+    """The model as logs and diagnostics name it: the architecture and where its weights come
+    from, e.g. 'masqclip_r50_vitb16 (random weights)' or 'masqclip_demo.pt.gz'."""
+    checkpoint = settings.checkpoint
+    if checkpoint == 'demo' or not (checkpoint or settings.model_config):
+        checkpoint = DEMO_CHECKPOINT  # what the predictor loads then
+    if not settings.model_config:  # the checkpoint names its own architecture
+        return Path(checkpoint).name
+    weights = Path(checkpoint).name if checkpoint else 'random weights'
+    return f'{settings.model_config} ({weights})'
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -204,7 +205,8 @@ class TextEmbeddingCache:
 
     Keys hash the class's prompts, the prompt templates and a fingerprint of the text tower's
     weights, so loading other weights invalidates every entry. Least recently used entries are
-    evicted beyond ``max_entries``.
+    evicted beyond ``max_entries``. Thread-safe: a vocabulary change in one thread and ``find``
+    queries in others may embed at the same time; neither waits for the other's text pass.
 
     :param encode: maps a list of classes (each a tuple of prompts) to a float tensor
         [N, D] of L2-normalised embeddings (``TextEncoder.encode_classes`` with templates bound).
@@ -222,6 +224,7 @@ class TextEmbeddingCache:
         self._salt = json.dumps([weights_fingerprint, list(templates)])
         self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._max_entries = max_entries
+        self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
@@ -232,20 +235,31 @@ class TextEmbeddingCache:
         """Return [N, D] embeddings for ``classes`` (each a tuple of prompts), encoding only
         the ones not cached, in one batched text pass."""
         keys = [self._key(prompts) for prompts in classes]
-        missing = list(dict.fromkeys(k for k in keys if k not in self._entries))
-        self.hits += len(keys) - len(missing)
-        self.misses += len(missing)
+        with self._lock:
+            found = self._take_cached(keys)
+        missing = [key for key in dict.fromkeys(keys) if key not in found]
         if missing:
+            # Outside the lock: a long text pass must not stall the other threads' look-ups.
             by_key = dict(zip(keys, classes, strict=True))
-            encoded = self._encode([by_key[k] for k in missing])
-            for key, embedding in zip(missing, encoded, strict=True):
-                self._entries[key] = embedding
+            encoded = self._encode([by_key[key] for key in missing])
+            found.update(zip(missing, encoded, strict=True))
+        with self._lock:
+            self.hits += len(keys) - len(missing)
+            self.misses += len(missing)
+            for key in missing:
+                self._entries[key] = found[key]
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+        return torch.stack([found[key] for key in keys]) if keys else None
+
+    def _take_cached(self, keys: list[str]) -> dict[str, torch.Tensor]:
+        """The cached embeddings among ``keys``, marked most recently used (lock held)."""
+        found = {}
         for key in keys:
-            self._entries.move_to_end(key)
-        embeddings = torch.stack([self._entries[k] for k in keys]) if keys else None
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
-        return embeddings
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                found[key] = self._entries[key]
+        return found
 
     def embed_vocabulary(self, vocabulary: Vocabulary) -> torch.Tensor:
         """[N + 1, D]: the vocabulary's classes then ``background``, as MasQCLIP scores them."""

@@ -27,7 +27,7 @@ from masqclip_ros.msg import (  # noqa: E402
 from masqclip_ros.srv import FindObjects, GetVocabulary, SetVocabulary  # noqa: E402
 from rcl_interfaces.msg import Log  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from ros_testing import LATCHED, Client, NodeProcess, image_msg, stamped  # noqa: E402
+from ros_testing import LATCHED, Client, NodeProcess, image_msg, scene, stamped  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
@@ -480,3 +480,56 @@ def test_lifecycle_deactivate_and_activate(rig: Rig) -> None:
     rig.wait_matched()
     sec = rig.send()
     rig.wait_for('instances', lambda m: m.header.stamp.sec >= sec)
+
+
+def test_find_answers_during_the_next_frames_image_pass(tmp_path) -> None:
+    """find scores a stored frame while the next one is segmented: it must not wait for the
+    image pass (random masqclip_r50_vitb16 weights make one take seconds on a CPU)."""
+    overrides = {'model.config': 'masqclip_r50_vitb16', 'input.reliability': 'reliable'}
+    with node_in_namespace(tmp_path, '/busy', overrides) as (process, client):
+        node = client.node
+        camera = node.create_publisher(Image, '/busy/image', QOS)
+        outputs: dict[int, float] = {}  # stamp seconds -> arrival time
+        node.create_subscription(InstanceSegmentation, '/busy/masqclip_ns/instances',
+                                 lambda m: outputs.setdefault(m.header.stamp.sec,
+                                                              time.monotonic()), QOS)  # fmt: skip
+        find_service = node.create_client(FindObjects, '/busy/masqclip_ns/find')
+        client.spin_until(lambda: camera.get_subscription_count() > 0, 30, 'the image match')
+
+        def publish_frame(sec: int) -> float:
+            """Publish a VGA frame stamped ``sec``; return when it was sent."""
+            camera.publish(array_to_image_msg(scene(480, 640, seed=sec), 'rgb8', stamped(sec)))
+            return time.monotonic()
+
+        started = publish_frame(1)
+        client.spin_until(lambda: 1 in outputs, 120, f'frame 1\n{process.log()[-2000:]}')
+        first_pass = outputs[1] - started
+        if first_pass < 0.5:
+            pytest.skip(f'an image pass took {first_pass:.2f} s: too fast to tell waiting apart')
+        warm = find_latest(client, find_service, 'red mug')  # encodes the query's text
+        assert warm.status == FindObjects.Response.FOUND, warm.message
+
+        started = publish_frame(2)
+        # Let the frame reach the inference thread, then ask while its pass runs.
+        client.spin_until(lambda: time.monotonic() > started + 0.1 * first_pass, 10, 'a pause')
+        answers = {query: timed_find(client, find_service, query)
+                   for query in ('red mug', 'a query never asked')}  # fmt: skip
+        client.spin_until(lambda: 2 in outputs, 120, f'frame 2\n{process.log()[-2000:]}')
+        second_pass = outputs[2] - started
+        for query, (answer, asked, answered) in answers.items():
+            assert answer.status == FindObjects.Response.FOUND, answer.message
+            assert answer.header.stamp.sec == 1, 'LATEST is the last frame processed'
+            assert answered < outputs[2], f'{query!r} was answered after the image pass ended'
+            # Generous: scoring takes milliseconds, an image pass seconds.
+            assert answered - asked < 0.3 * second_pass, (query, answered - asked, second_pass)
+
+
+def find_latest(client: Client, service, query: str) -> FindObjects.Response:
+    return client.call(service, FindObjects.Request(query=query), timeout=60)
+
+
+def timed_find(client: Client, service, query: str) -> tuple[FindObjects.Response, float, float]:
+    """A LATEST find; returns (answer, time asked, time answered)."""
+    asked = time.monotonic()
+    answer = find_latest(client, service, query)
+    return answer, asked, time.monotonic()
