@@ -52,28 +52,25 @@ def instance_to_msg(
 ) -> ros_msg.Instance:
     """Convert one instance; the mask is cropped to its ROI.
 
-    :param instance: the library's instance (bool (H, W) mask).
+    :param instance: the library's instance (its mask is already cropped to its box).
     :param header: stamped onto the mask image.
     :param with_mask: fill ``mask`` (mono8, 255 inside); else leave it empty.
     :param geometry: 3D centroid and extent, when depth gave them.
     :return: the ``masqclip_ros/Instance``.
     """
-    height, width = instance.mask.shape
-    roi = box_to_roi(instance.box, height, width)
+    roi = box_to_roi(instance.box, *instance.image_size)
     out = ros_msg.Instance(
         label=instance.label,
         class_id=int(instance.class_id),
         score=float(instance.score),
         objectness=float(instance.objectness),
         roi=roi,
-        area=int(np.count_nonzero(instance.mask)),
+        area=instance.area,
         proposal_index=int(instance.query_index),
     )
     if with_mask and roi.width > 0:
-        crop = instance.mask[
-            roi.y_offset : roi.y_offset + roi.height, roi.x_offset : roi.x_offset + roi.width
-        ]
-        out.mask = array_to_image_msg(crop.astype(np.uint8) * np.uint8(255), 'mono8', header)
+        crop = instance.mask_crop.astype(np.uint8) * np.uint8(255)
+        out.mask = array_to_image_msg(crop, 'mono8', header)
     if geometry is not None:
         out.has_3d = True
         out.centroid = Point(x=float(geometry.centroid[0]), y=float(geometry.centroid[1]),

@@ -69,9 +69,7 @@ def test_perfect_prediction_scores_one(tmp_path: Path) -> None:
     result = SegmentationResult(
         image_size=(4, 8),
         vocabulary=('cup', 'wall'),
-        instances=[
-            Instance('cup', 0, 0.9, 1.0, np.zeros(4, np.float32), mask, np.zeros(2, np.float32), 0)
-        ],
+        instances=[Instance.from_mask('cup', 0, 0.9, 1.0, mask, np.zeros(2, np.float32), 0)],
         semantic=np.where(mask, 0, 1).astype(np.int32),
         panoptic=(ids * 7).astype(np.int32),  # any ids: matching is by overlap
         segments=[

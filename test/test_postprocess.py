@@ -214,16 +214,17 @@ def test_instance_index_arithmetic() -> None:
     assert result.query_indices.tolist() == [2, 1]
     assert result.class_ids.tolist() == [1, 0]
     torch.testing.assert_close(result.scores, torch.tensor([0.9, 0.3]))
-    assert torch.equal(result.masks, logits[[2, 1]] > 0)
+    assert torch.equal(result.paste_masks(2, 6), logits[[2, 1]] > 0)
     assert result.scores.dtype == torch.float32
     assert result.class_ids.dtype == result.query_indices.dtype == torch.int64
-    assert result.masks.dtype == torch.bool
+    assert result.paste_masks(2, 6).dtype == torch.bool
+    assert result.boxes.tolist() == [[4, 0, 6, 2], [2, 0, 4, 2]]
 
 
 def test_instance_score_is_class_score_times_mean_sigmoid_inside() -> None:
     logits = torch.tensor([[[2.0, 0.0, -1.0, 1.0]]])
     result = instance_inference(torch.tensor([[0.5]]), logits)
-    assert result.masks.tolist() == [[[True, False, False, True]]]
+    assert result.paste_masks(1, 4).tolist() == [[[True, False, False, True]]]
     sigmoid = torch.sigmoid(torch.tensor([2.0, 1.0]))
     assert result.scores.item() == pytest.approx(0.5 * sigmoid.mean().item())
 
@@ -239,7 +240,7 @@ def test_instance_sorted_by_final_score_with_empty_mask_last() -> None:
     assert result.query_indices.tolist() == [1, 0, 2]
     expected = [0.6, 0.9 * torch.sigmoid(torch.tensor(0.1)).item(), 0.0]
     torch.testing.assert_close(result.scores, torch.tensor(expected))
-    assert not result.masks[2].any()
+    assert not result.paste_masks(2, 2)[2].any() and result.mask_crops[2].numel() == 0
 
 
 def test_instance_keep_classes_before_top_k() -> None:
@@ -259,15 +260,12 @@ def test_instance_keep_classes_before_top_k() -> None:
 def test_instance_edge_cases() -> None:
     logits = torch.randn(3, 4, 5)
     assert instance_inference(torch.rand(3, 2), logits).scores.numel() == 6
-    assert instance_inference(torch.rand(3, 2), logits, max_instances=0).masks.shape == (
-        0,
-        4,
-        5,
-    )
+    empty = instance_inference(torch.rand(3, 2), logits, max_instances=0)
+    assert empty.paste_masks(4, 5).shape == (0, 4, 5) and empty.boxes.shape == (0, 4)
     for scores, masks in [(torch.rand(3, 0), logits), (torch.rand(0, 2), logits[:0])]:
         result = instance_inference(scores, masks)
         assert result.scores.shape == (0,)
-        assert result.masks.shape == (0, 4, 5)
+        assert result.paste_masks(4, 5).shape == (0, 4, 5)
     with pytest.raises(ValueError, match='max_instances'):
         instance_inference(torch.rand(3, 2), logits, max_instances=-1)
 
@@ -312,4 +310,4 @@ def test_cuda_matches_cpu() -> None:
     cpu = instance_inference(scores, logits, 10, is_thing)
     assert torch.equal(gpu.query_indices.cpu(), cpu.query_indices)
     torch.testing.assert_close(gpu.scores.cpu(), cpu.scores)
-    assert torch.equal(masks_to_boxes(gpu.masks).cpu(), masks_to_boxes(cpu.masks))
+    assert torch.equal(gpu.boxes.cpu(), cpu.boxes)

@@ -4,9 +4,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from masqclip.inference.transforms import image_to_tensor, plan_resize
+from masqclip.inference.postprocess import instance_inference, panoptic_inference
+from masqclip.inference.transforms import (
+    ImageSizeMaskLogits,
+    image_to_tensor,
+    mask_logits_to_image,
+    plan_resize,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / 'examples'
 
@@ -62,3 +69,25 @@ def test_shrinking_is_antialiased():
     canvas, spec = canvas_content(image, 64, 128)
     content = canvas[: spec.resized[0], : spec.resized[1]]
     assert np.abs(content - 127.5).max() < 30
+
+
+def test_image_size_mask_logits_equal_one_resize_of_all_proposals():
+    torch.manual_seed(0)
+    low_res = torch.randn(7, 16, 24) * 3
+    spec = plan_resize(70, 85, 64, 128, 32)
+    dense = mask_logits_to_image(low_res, spec)
+    lazy = ImageSizeMaskLogits(low_res, spec)
+    assert lazy.shape == tuple(dense.shape) and len(lazy) == 7
+    for query in range(7):
+        assert torch.equal(lazy[query], dense[query])
+    # Post-processing one proposal at a time gives what it gives on all of them at once.
+    scores = torch.rand(7, 3)
+    is_thing = torch.tensor([True, False, True])
+    want_map, want_segments = panoptic_inference(scores, dense, is_thing, 0.1, 0.2)
+    got_map, got_segments = panoptic_inference(scores, lazy, is_thing, 0.1, 0.2)
+    assert torch.equal(got_map, want_map) and got_segments == want_segments
+    want = instance_inference(scores, dense, 10, is_thing)
+    got = instance_inference(scores, lazy, 10, is_thing)
+    assert got.query_indices.tolist() == want.query_indices.tolist()
+    assert torch.equal(got.paste_masks(*spec.original), want.paste_masks(*spec.original))
+    torch.testing.assert_close(got.scores, want.scores)

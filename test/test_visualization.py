@@ -25,16 +25,8 @@ def _image() -> np.ndarray:
 def _instance(label: str, score: float, rows: slice, cols: slice) -> Instance:
     mask = np.zeros((HEIGHT, WIDTH), dtype=bool)
     mask[rows, cols] = True
-    box = np.array([cols.start, rows.start, cols.stop, rows.stop], dtype=np.float32)
-    return Instance(
-        label=label,
-        class_id=VOCABULARY.index(label),
-        score=score,
-        objectness=0.9,
-        box=box,
-        mask=mask,
-        embedding=np.zeros(8, dtype=np.float32),
-        query_index=0,
+    return Instance.from_mask(
+        label, VOCABULARY.index(label), score, 0.9, mask, np.zeros(8, dtype=np.float32), 0
     )
 
 

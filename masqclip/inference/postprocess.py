@@ -3,7 +3,10 @@
 Every function takes torch tensors for ONE image (no batch dimension), on any device, and
 returns tensors on that same device. ``Q`` is the number of proposals (queries), ``N`` the
 number of vocabulary classes (background excluded) and ``H x W`` the size the mask logits
-were resized to (normally the input image's size).
+were resized to (normally the input image's size). Panoptic and instance inference read the
+full-size mask logits one proposal at a time (``mask_logits[q]``), so they accept a
+``transforms.ImageSizeMaskLogits`` that resizes on demand: memory stays O(H x W), not
+O(Q x H x W).
 """
 
 from __future__ import annotations
@@ -40,13 +43,27 @@ class InstanceInferenceResult:
     :param scores: float32 (K,), class score x mean sigmoid inside the binary mask.
     :param class_ids: int64 (K,), vocabulary index of each instance.
     :param query_indices: int64 (K,), the proposal each instance came from.
-    :param masks: bool (K, H, W), mask logit > 0.
+    :param mask_quality: float32 (K,), mean sigmoid inside each mask (the second factor of
+        ``scores``).
+    :param boxes: float32 (K, 4), tight box of each mask (x0, y0, x1, y1, x1/y1 exclusive).
+    :param mask_crops: K bool (y1 - y0, x1 - x0) tensors: mask logit > 0 inside each box.
     """
 
     scores: torch.Tensor
     class_ids: torch.Tensor
     query_indices: torch.Tensor
-    masks: torch.Tensor
+    mask_quality: torch.Tensor
+    boxes: torch.Tensor
+    mask_crops: list[torch.Tensor]
+
+    def paste_masks(self, height: int, width: int) -> torch.Tensor:
+        """bool (K, height, width): the crops pasted into full-size masks (costly at camera
+        resolution: for tests and small images)."""
+        masks = torch.zeros((len(self.mask_crops), height, width), dtype=torch.bool)
+        for mask, box, crop in zip(masks, self.boxes.tolist(), self.mask_crops, strict=True):
+            x0, y0, x1, y1 = (int(v) for v in box)
+            mask[y0:y1, x0:x1] = crop.cpu()
+        return masks
 
 
 def classify_masks(
@@ -188,19 +205,30 @@ def panoptic_inference(
         return panoptic, []
 
     scores, classes = class_scores.float().to(device).max(dim=-1)
-    keep = scores > object_mask_threshold
-    scores, classes = scores[keep], classes[keep]
-    probs = mask_logits.float().sigmoid()[keep]
-    num_kept = probs.shape[0]
+    kept = torch.nonzero(scores > object_mask_threshold).flatten().tolist()
+    num_kept = len(kept)
     if num_kept == 0:
         return panoptic, []
+    scores, classes = scores[kept], classes[kept]
 
-    winner = (scores[:, None, None] * probs).argmax(dim=0).view(-1)
-    inside = (probs >= 0.5).view(num_kept, -1)
-    inside_at_winner = inside.gather(0, winner[None]).squeeze(0)
+    # A running argmax over the kept queries, one full-size map at a time; strictly greater
+    # keeps the first query on ties, as one argmax over all of them would.
+    mask_area = []
+    for index, query in enumerate(kept):
+        probs = mask_logits[query].float().sigmoid().view(-1)
+        inside = probs >= 0.5
+        mask_area.append(int(inside.sum()))
+        weighted = scores[index] * probs
+        if index == 0:
+            best, inside_at_winner = weighted, inside
+            winner = torch.zeros_like(probs, dtype=torch.int64)
+            continue
+        better = weighted > best
+        best = torch.where(better, weighted, best)
+        winner.masked_fill_(better, index)
+        inside_at_winner = torch.where(better, inside, inside_at_winner)
     won_area = torch.bincount(winner, minlength=num_kept)
     segment_area = torch.bincount(winner[inside_at_winner], minlength=num_kept)
-    mask_area = inside.sum(dim=1)
 
     # One host transfer, then a short Python loop over at most Q queries.
     thing_flags = is_thing.bool().tolist()
@@ -209,7 +237,7 @@ def panoptic_inference(
         classes.tolist(),
         won_area.tolist(),
         segment_area.tolist(),
-        mask_area.tolist(),
+        mask_area,
         strict=True,
     )
     query_to_id = [0] * num_kept
@@ -289,19 +317,60 @@ def instance_inference(
     query_indices = flat_index // max(num_classes, 1)
     class_ids = flat_index % max(num_classes, 1)
 
-    logits = mask_logits[query_indices].float()
-    masks = logits > 0
-    area = masks.sum(dim=(1, 2))
-    inside_sum = (logits.sigmoid() * masks).sum(dim=(1, 2))
-    mean_inside = torch.where(area > 0, inside_sum / area.clamp(min=1), 0.0)
+    # Pairs of one query share its mask: each query's full-size map is made once, and only
+    # its box crop is kept.
+    masks = {q: cropped_mask(mask_logits[q]) for q in query_indices.unique().tolist()}
+    queries = query_indices.tolist()
+    mean_inside = torch.tensor([masks[q][0] for q in queries], device=device)
     final = top_scores * mean_inside
-    order = final.argsort(descending=True, stable=True)
+    order = final.argsort(descending=True, stable=True).tolist()
     return InstanceInferenceResult(
         scores=final[order],
         class_ids=class_ids[order],
         query_indices=query_indices[order],
-        masks=masks[order],
+        mask_quality=mean_inside[order],
+        boxes=torch.stack([masks[queries[i]][1] for i in order] or [torch.zeros(0, 4)]).view(
+            -1, 4
+        ),
+        mask_crops=[masks[queries[i]][2] for i in order],
     )
+
+
+def mean_sigmoid_inside(mask_logits: torch.Tensor) -> torch.Tensor:
+    """float (K,): each mask's mean sigmoid over its pixels (logit > 0), 0 for an empty mask:
+    the mask-quality factor of an instance's score (method.md 1.8).
+
+    :param mask_logits: float (K, ...) logits, any resolution.
+    """
+    logits = mask_logits.float().flatten(1)
+    inside = logits > 0
+    area = inside.sum(1)
+    return (logits.sigmoid() * inside).sum(1) / area.clamp(min=1)
+
+
+def mask_overlaps(mask_logits: torch.Tensor) -> torch.Tensor:
+    """float (K, K): pairwise IoU of the binary masks (logit > 0), by one matrix product.
+
+    :param mask_logits: float (K, h, w) logits.
+    """
+    flat = (mask_logits > 0).flatten(1).float()
+    intersection = flat @ flat.T
+    area = intersection.diagonal()
+    return intersection / (area[:, None] + area[None, :] - intersection).clamp(min=1)
+
+
+def cropped_mask(logits: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """The binary mask (logit > 0) of one proposal's full-size logits, as its tight box and
+    the crop inside it, with its mean sigmoid inside the mask (0 for an empty mask).
+
+    :param logits: float (H, W).
+    :return: (mean sigmoid inside, float32 (4,) box, bool crop).
+    """
+    mask = logits > 0
+    mean_inside = float(mean_sigmoid_inside(logits[None])[0])
+    box = masks_to_boxes(mask[None])[0]
+    x0, y0, x1, y1 = (int(v) for v in box.tolist())
+    return mean_inside, box, mask[y0:y1, x0:x1].clone()  # the clone frees the full mask
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,8 +19,10 @@ import torch.nn.functional as F
 
 from masqclip.inference.postprocess import (
     classify_masks,
+    cropped_mask,
     instance_inference,
-    masks_to_boxes,
+    mask_overlaps,
+    mean_sigmoid_inside,
     panoptic_inference,
     semantic_inference,
 )
@@ -29,13 +30,14 @@ from masqclip.inference.results import (
     Instance,
     PanopticSegment,
     Proposals,
+    RenderedMask,
     SegmentationResult,
 )
 from masqclip.inference.transforms import (
+    ImageSizeMaskLogits,
     ResizeSpec,
     crop_mask_logits,
     image_to_tensor,
-    mask_logits_to_image,
     plan_resize,
     validate_image,
 )
@@ -154,9 +156,7 @@ class Predictor:
         self.text_cache = TextEmbeddingCache(
             lambda classes: encode_classes(classes, templates), text_fingerprint, templates
         )
-        self._vocabulary = Vocabulary(())
-        self._text = self.text_cache.embed_vocabulary(self._vocabulary).to(self.device)
-        self._is_thing = torch.zeros(0, dtype=torch.bool, device=self.device)
+        self._active = self._activate(Vocabulary(()))
 
     @classmethod
     def from_config(
@@ -181,8 +181,9 @@ class Predictor:
             and cached in ``engine_cache_dir``.
         :param options: ``PredictorCfg`` fields.
         """
-        from masqclip.factory import build_model
+        from masqclip.factory import build_model, model_name, resolve_checkpoint
 
+        checkpoint = resolve_checkpoint(model, checkpoint)  # the file the export records
         network, config = build_model(model, checkpoint=checkpoint, clip_weights=clip_weights)
         if backend == 'torch':
             return cls.from_network(network, config, device, precision, **options)
@@ -201,7 +202,7 @@ class Predictor:
             network_input_size(config, *frame_size),
             engine_cache_dir=engine_cache_dir or DEFAULT_CACHE_DIR,
             onnx_path=onnx_path,
-            model_name=model or Path(checkpoint).stem,
+            model_name=model_name(model, checkpoint),
             checkpoint=checkpoint,
         )
         text = network.text.eval().to(device)  # only the text tower stays in torch
@@ -236,15 +237,22 @@ class Predictor:
 
     @property
     def vocabulary(self) -> Vocabulary:
-        return self._vocabulary
+        return self._active.vocabulary
 
     def set_vocabulary(self, vocabulary: Vocabulary) -> float:
-        """Make ``vocabulary`` current; returns the seconds spent encoding new text."""
+        """Make ``vocabulary`` current; returns the seconds spent encoding new text.
+
+        Thread-safe against a running ``predict``: that one finishes with the vocabulary it
+        started with, the next one uses the new one.
+        """
         start = time.perf_counter()
-        text = self.text_cache.embed_vocabulary(vocabulary).to(self.device)
-        self._vocabulary, self._text = vocabulary, text
-        self._is_thing = torch.tensor(vocabulary.is_thing, dtype=torch.bool, device=self.device)
+        self._active = self._activate(vocabulary)  # one assignment: never half-changed
         return time.perf_counter() - start
+
+    def _activate(self, vocabulary: Vocabulary) -> _ActiveVocabulary:
+        text = self.text_cache.embed_vocabulary(vocabulary).to(self.device)
+        is_thing = torch.tensor(vocabulary.is_thing, dtype=torch.bool, device=self.device)
+        return _ActiveVocabulary(vocabulary, text, is_thing)
 
     def predict(
         self, image: np.ndarray, color: str = 'rgb', tasks: Collection[str] | None = None
@@ -257,6 +265,7 @@ class Predictor:
         :raises InvalidImageError: for an image that cannot be processed.
         """
         tasks = validate_tasks(self.cfg.tasks if tasks is None else tasks)
+        active = self._active  # one vocabulary for the whole frame
         timings: dict[str, float] = {}
         clock = _Stopwatch(timings, self.device)
 
@@ -269,23 +278,26 @@ class Predictor:
                 t[0].float() for t in (mask_logits, objectness, embeddings)
             )
             clock.lap('image_model')
-            class_scores = classify_masks(embeddings, self._text, objectness)
+            class_scores = classify_masks(embeddings, active.text, objectness)
             low_res_logits = crop_mask_logits(mask_logits, spec)
             clock.lap('classify')
             result = SegmentationResult(
-                image_size=spec.original, vocabulary=self._vocabulary.names, timings=timings
+                image_size=spec.original, vocabulary=active.vocabulary.names, timings=timings
             )
             if 'semantic' in tasks:
                 result.semantic = self._semantic(class_scores, low_res_logits, spec)
                 clock.lap('semantic')
+            rendered: dict[int, RenderedMask] = {}
             if tasks & {'instance', 'panoptic'}:
-                full_logits = mask_logits_to_image(mask_logits, spec)
-                clock.lap('upsample')
+                full_logits = ImageSizeMaskLogits(mask_logits, spec)
                 if 'panoptic' in tasks:
-                    result.panoptic, result.segments = self._panoptic(class_scores, full_logits)
+                    result.panoptic, result.segments = self._panoptic(
+                        active, class_scores, full_logits
+                    )
                     clock.lap('panoptic')
                 if 'instance' in tasks:
-                    result.instances = self._instances(
+                    result.instances, rendered = self._instances(
+                        active,
                         class_scores,
                         full_logits,
                         embeddings,
@@ -293,9 +305,17 @@ class Predictor:
                         things_only='panoptic' in tasks,
                     )
                     clock.lap('instance')
+            # What every later find needs, whatever its query: computed once per frame.
             result.proposals = Proposals(
-                embeddings.cpu().numpy(), objectness.cpu().numpy(), low_res_logits.cpu().numpy()
+                embeddings.cpu().numpy(),
+                objectness.cpu().numpy(),
+                mask_logits.cpu().numpy(),
+                spec,
+                mean_sigmoid_inside(low_res_logits).cpu().numpy(),
+                mask_overlaps(low_res_logits).cpu().numpy(),
+                rendered,
             )
+            clock.lap('proposals')
         return result
 
     def preprocess(
@@ -335,9 +355,10 @@ class Predictor:
         embeddings. The query, the negative queries and 'background' compete in one softmax, so
         a proposal that better fits a negative query ("blue mug" against "red mug") scores low.
 
-        Which proposals match, and which duplicate a better one, is decided at the proposer's
-        resolution, best classification first and only as far as needed; only the matches are
-        rendered at full size and scored there as ``predict`` scores instances. So a query costs
+        Which proposals match, and which duplicate a better one (mask IoU above
+        ``find_overlap_iou``), is decided on the frame's precomputed mask quality and overlaps
+        at the proposer's resolution; only the matches are scored at full size, as ``predict``
+        scores instances, reusing the masks ``predict`` already rendered. So a query costs
         milliseconds, even while the next frame is segmented.
 
         :return: matches sorted by score (p_obj x p_clip(query) x mean in-mask sigmoid), each
@@ -350,66 +371,41 @@ class Predictor:
         negatives = [validate_query(text) for text in negative_queries]
         prompts = [(query,), *((text,) for text in negatives), (BACKGROUND,)]
         proposals = result.proposals
-        low_res_logits = torch.from_numpy(proposals.mask_logits)
         with torch.inference_mode():
             text = self.text_cache.embed(prompts)
-            # p_obj x p_clip(query) bounds the final score from above: mask quality is <= 1.
-            bounds = classify_masks(
+            class_scores = classify_masks(
                 torch.from_numpy(proposals.embeddings),
                 text.cpu(),
                 torch.from_numpy(proposals.objectness),
-            )[:, 0]
-
-            def quality(logits: torch.Tensor) -> torch.Tensor:
-                """Mean sigmoid inside each mask (logit > 0) of [K, h, w] logits; 0 if empty."""
-                masks = logits > 0
-                area = masks.flatten(1).sum(1)
-                return (logits.sigmoid() * masks).flatten(1).sum(1) / area.clamp(min=1)
-
-            def best_first():
-                """(score, proposal, low-res mask), best first; a proposal's mask is looked at
-                only once its bound could still beat the proposals already scored."""
-                pending: list[tuple[float, int, torch.Tensor]] = []  # ascending score
-                for q in torch.argsort(bounds, descending=True).tolist():
-                    bound = float(bounds[q])
-                    while pending and pending[-1][0] >= bound:
-                        yield pending.pop()
-                    if bound < min_score or bound <= 0:
-                        break  # neither this proposal nor any later one can qualify
-                    score = bound * float(quality(low_res_logits[q][None])[0])
-                    pending.append((score, q, low_res_logits[q] > 0))
-                    pending.sort(key=lambda item: item[0])
-                yield from reversed(pending)
-
-            chosen: list[tuple[int, torch.Tensor]] = []
-            for score, q, mask in best_first():
-                if len(chosen) >= max_results or score < min_score or score <= 0:
-                    break
-                if all(_iou(mask, other) <= self.cfg.find_overlap_iou for _, other in chosen):
-                    chosen.append((q, mask))
-            if not chosen:
-                return []
-            indices = [q for q, _ in chosen]
-            full_logits = F.interpolate(
-                low_res_logits[indices][None],
-                size=result.image_size,
-                mode='bilinear',
-                align_corners=False,
-            )[0]
-            scores = bounds[indices] * quality(full_logits)
-        matches = [
-            _make_instance(
-                query,
-                0,
-                scores[i],
-                proposals.objectness[q],
-                full_logits[i] > 0,
-                proposals.embeddings[q],
-                q,
-            )  # fmt: skip
-            for i, q in enumerate(indices)
-            if scores[i] >= min_score and scores[i] > 0  # > 0: a faint mask may vanish here
-        ]
+            )[:, 0].numpy()
+        ranking = class_scores * proposals.mask_quality
+        order = np.argsort(-ranking, kind='stable')
+        candidates = order[(ranking[order] >= min_score) & (ranking[order] > 0)]
+        chosen: list[int] = []
+        for q in candidates.tolist():
+            if len(chosen) == max_results:
+                break
+            if (proposals.overlaps[q, chosen] <= self.cfg.find_overlap_iou).all():
+                chosen.append(q)
+        full_logits = ImageSizeMaskLogits(torch.from_numpy(proposals.mask_logits), proposals.spec)
+        matches = []
+        for q in chosen:
+            mask = proposals.rendered.get(q) or _render(full_logits[q])
+            score = float(class_scores[q]) * mask.quality
+            if score >= min_score and score > 0:  # > 0: a faint mask may vanish at full size
+                matches.append(
+                    Instance(
+                        query,
+                        0,
+                        score,
+                        float(proposals.objectness[q]),
+                        mask.box,
+                        mask.crop,
+                        proposals.embeddings[q],
+                        q,
+                        result.image_size,
+                    )
+                )
         return sorted(matches, key=lambda match: match.score, reverse=True)
 
     def _semantic(
@@ -423,16 +419,19 @@ class Predictor:
         return labels[0, 0].to(torch.int32).cpu().numpy()
 
     def _panoptic(
-        self, class_scores: torch.Tensor, full_logits: torch.Tensor
+        self,
+        active: _ActiveVocabulary,
+        class_scores: torch.Tensor,
+        full_logits: ImageSizeMaskLogits,
     ) -> tuple[np.ndarray, list[PanopticSegment]]:
         panoptic, infos = panoptic_inference(
             class_scores,
             full_logits,
-            self._is_thing,
+            active.is_thing,
             self._object_mask_threshold,
             self._overlap_threshold,
         )
-        names = self._vocabulary.names
+        names = active.vocabulary.names
         segments = [
             PanopticSegment(s.id, s.class_id, names[s.class_id], s.is_thing, s.score, s.area)
             for s in infos
@@ -441,62 +440,75 @@ class Predictor:
 
     def _instances(
         self,
+        active: _ActiveVocabulary,
         class_scores: torch.Tensor,
-        full_logits: torch.Tensor,
+        full_logits: ImageSizeMaskLogits,
         embeddings: torch.Tensor,
         objectness: torch.Tensor,
         things_only: bool,
-    ) -> list[Instance]:
+    ) -> tuple[list[Instance], dict[int, RenderedMask]]:
+        """The kept instances, and the full-size mask of each proposal behind them (for
+        ``find``)."""
         found = instance_inference(
-            class_scores, full_logits, self._max_instances, self._is_thing if things_only else None
+            class_scores,
+            full_logits,
+            self._max_instances,
+            active.is_thing if things_only else None,
         )
-        names = self._vocabulary.names
+        names = active.vocabulary.names
         embeddings, objectness = embeddings.cpu().numpy(), objectness.cpu().numpy()
+        rendered = {
+            q: RenderedMask(quality, box, crop.cpu().numpy())
+            for q, quality, box, crop in zip(
+                found.query_indices.tolist(),
+                found.mask_quality.tolist(),
+                found.boxes.cpu().numpy(),
+                found.mask_crops,
+                strict=True,
+            )
+        }
         instances = []
-        for score, class_id, q, mask in zip(
+        for score, class_id, q in zip(
             found.scores.tolist(),
             found.class_ids.tolist(),
             found.query_indices.tolist(),
-            found.masks,
             strict=True,
         ):
             if score < self.cfg.score_threshold:
                 break  # sorted by score
-            if int(mask.sum()) < max(self.cfg.min_area_px, 1):
-                continue
+            mask = rendered[q]
+            if int(mask.crop.sum()) < max(self.cfg.min_area_px, 1):
+                continue  # empty masks too: a deliberate deviation (README)
             instances.append(
-                _make_instance(
-                    names[class_id], class_id, score, objectness[q], mask, embeddings[q], q
+                Instance(
+                    names[class_id],
+                    class_id,
+                    score,
+                    float(objectness[q]),
+                    mask.box,
+                    mask.crop,
+                    embeddings[q],
+                    q,
+                    full_logits.spec.original,
                 )
             )
-        return instances
+        return instances, rendered
 
 
-def _make_instance(
-    label: str,
-    class_id: int,
-    score: float | torch.Tensor,
-    objectness: float | np.floating,
-    mask: torch.Tensor,
-    embedding: np.ndarray,
-    query_index: int,
-) -> Instance:
-    box = masks_to_boxes(mask[None])[0]
-    return Instance(
-        label=label,
-        class_id=int(class_id),
-        score=float(score),
-        objectness=float(objectness),
-        box=box.cpu().numpy().astype(np.float32),
-        mask=mask.cpu().numpy(),
-        embedding=np.asarray(embedding, np.float32),
-        query_index=int(query_index),
-    )
+@dataclass(frozen=True)
+class _ActiveVocabulary:
+    """The vocabulary with its text embeddings ((N + 1, D), background last) and thing flags,
+    replaced as one object so a frame never sees half of a change."""
+
+    vocabulary: Vocabulary
+    text: torch.Tensor
+    is_thing: torch.Tensor
 
 
-def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    union = (a | b).sum()
-    return float((a & b).sum() / union) if union else 0.0
+def _render(logits: torch.Tensor) -> RenderedMask:
+    """A proposal's RenderedMask from its full-size (H, W) logits."""
+    quality, box, crop = cropped_mask(logits)
+    return RenderedMask(quality, box.cpu().numpy(), crop.cpu().numpy())
 
 
 def _first(*values: object) -> object:

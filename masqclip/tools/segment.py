@@ -91,7 +91,7 @@ def result_to_json(result: SegmentationResult) -> dict:
                 'score': i.score,
                 'objectness': i.objectness,
                 'box_xyxy': i.box.tolist(),
-                'area': int(i.mask.sum()),
+                'area': i.area,
                 'mask_rle': encode_rle(i.mask),
             }
             for i in result.instances

@@ -50,16 +50,9 @@ def make_instance(label: str, class_id: int, box: tuple[int, int, int, int]) -> 
     x0, y0, x1, y1 = box
     mask[y0:y1, x0:x1] = True
     mask[y0, x0] = False  # not a full rectangle: the crop must keep the shape
-    return Instance(
-        label=label,
-        class_id=class_id,
-        score=0.9,
-        objectness=0.95,
-        box=np.array(box, np.float32),
-        mask=mask,
-        embedding=np.ones(4, np.float32) / 2,
-        query_index=3,
-    )
+    instance = Instance.from_mask(label, class_id, 0.9, 0.95, mask, np.ones(4, np.float32) / 2, 3)
+    assert instance.box.tolist() == list(box)
+    return instance
 
 
 def make_result() -> SegmentationResult:
