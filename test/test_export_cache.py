@@ -12,13 +12,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from test_export import KEY  # the engine key of the EngineCache tests there
 
 from masqclip.data.io import read_image
 from masqclip.export import (
     OUTPUT_NAMES,
     DamagedFileError,
     EngineCache,
-    EngineKey,
     ExportError,
     ForeignExportError,
     build_image_model,
@@ -182,14 +182,6 @@ def test_an_exports_hash_is_the_same_from_its_record_as_from_its_bytes(cached_ex
     assert hash_onnx(cached_export) == recorded
 
 
-KEY = EngineKey(
-    onnx_sha256='a' * 64,
-    tensorrt_version='10.13.0',
-    gpu_name='NVIDIA H100',
-    compute_capability='9.0',
-    precision='fp16',
-    input_shape=(1, 3, 480, 640),
-)
 ENGINE = bytes(range(256)) * 64
 
 
