@@ -75,18 +75,53 @@ def test_missing_file():
 
 def test_add_keeps_indices_and_remove_compacts():
     vocabulary = Vocabulary.parse('a, b, c')
-    added = vocabulary.add([VocabularyEntry('d'), VocabularyEntry('b', ('bee',))])
-    assert added.names == ('a', 'b', 'c', 'd')
-    assert added.entries[1].synonyms == ('bee',)
-    assert added.remove(['B']).names == ('a', 'c', 'd')
+    added = vocabulary.add([VocabularyEntry('d'), VocabularyEntry(' e  f ', ('eff',))])
+    assert added.names == ('a', 'b', 'c', 'd', 'e f')
+    assert added.entries[4].synonyms == ('eff',)
+    assert added.remove(['B']).names == ('a', 'c', 'd', 'e f')
     with pytest.raises(VocabularyError, match='not in the vocabulary'):
         added.remove(['zebra'])
 
 
+@pytest.mark.parametrize('name', ['red hollow', 'RED HOLLOW', '  red   Hollow '])
+def test_add_of_a_name_already_present_is_refused(name):
+    # It used to rename the class in place (version bumped, label changed) although the
+    # service documents it as an error.
+    vocabulary = Vocabulary.parse('red hollow, table')
+    with pytest.raises(VocabularyError, match="already in the vocabulary \\(as 'red hollow'\\)"):
+        vocabulary.add([VocabularyEntry(name)])
+
+
+def test_remove_matches_names_as_the_vocabulary_compares_them():
+    vocabulary = Vocabulary.parse('red hollow, table')
+    assert vocabulary.remove(['red   hollow']).names == ('table',)
+    assert vocabulary.remove(['\tRED HOLLOW\n']).names == ('table',)
+
+
+@pytest.mark.parametrize(
+    'change, message',
+    [
+        (lambda v: v.add([]), 'nothing to add'),
+        (lambda v: v.remove([]), 'nothing to remove'),
+        (lambda v: v.remove(['  ']), 'class name is empty'),
+        (lambda v: v.remove('table'), 'list of class names'),
+        (lambda v: v.add([VocabularyEntry('cup'), VocabularyEntry('Cup')]), 'twice'),
+    ],
+)
+def test_add_and_remove_refuse_requests_that_change_nothing_or_are_malformed(change, message):
+    with pytest.raises(VocabularyError, match=message):
+        change(Vocabulary.parse('red hollow, table'))
+
+
 def test_query_validation():
     assert validate_query('  the   red mug ') == 'the red mug'
-    with pytest.raises(VocabularyError):
+    with pytest.raises(VocabularyError, match='query is empty'):
         validate_query('')
+    # The message names which text is wrong: an empty negative query is not "query is empty".
+    with pytest.raises(VocabularyError, match='^negative query 2 is empty'):
+        validate_query('  ', 'negative query 2')
+    with pytest.raises(VocabularyError, match='negative query 1 contains control'):
+        validate_query('a\x07b', 'negative query 1')
 
 
 class CountingEncoder:

@@ -67,9 +67,14 @@ def _clean_text(text: object, what: str) -> str:
     return cleaned
 
 
-def validate_query(text: object) -> str:
-    """Return a free-text query cleaned of surplus whitespace, or raise ``VocabularyError``."""
-    return _clean_text(text, 'query')
+def validate_query(text: object, what: str = 'query') -> str:
+    """Return a free-text query cleaned of surplus whitespace, or raise ``VocabularyError``.
+
+    :param what: how the message names the text, e.g. 'negative query 2'.
+    """
+    if isinstance(text, str) and not text.split():
+        raise VocabularyError(f'{what} is empty; give a phrase such as "red mug"')
+    return _clean_text(text, what)
 
 
 def _make_entry(
@@ -179,14 +184,33 @@ class Vocabulary:
         return len(self.entries)
 
     def add(self, entries: Sequence[VocabularyEntry]) -> Vocabulary:
-        """Append new classes; a name already present is updated in place (same index)."""
-        merged = {entry.name.lower(): entry for entry in self.entries}
-        merged.update({entry.name.lower(): entry for entry in entries})
-        return Vocabulary(tuple(merged.values()))
+        """Append new classes after the existing ones (whose indices never move).
+
+        Only new names: a name already present, compared as the vocabulary compares names
+        (case and surplus whitespace ignored), is an error, so an ADD never silently changes a
+        class; replace the vocabulary to change one.
+        """
+        if not entries:
+            raise VocabularyError('nothing to add: give at least one class')
+        added = [_make_entry(entry.name, entry.synonyms, entry.is_thing) for entry in entries]
+        present = {entry.name.lower(): entry.name for entry in self.entries}
+        for entry in added:
+            if entry.name.lower() in present:
+                raise VocabularyError(
+                    f'class {entry.name!r} is already in the vocabulary (as '
+                    f'{present[entry.name.lower()]!r}); ADD appends new classes only: remove it '
+                    'first, or replace the vocabulary to change it'
+                )
+        return Vocabulary(self.entries + tuple(added))
 
     def remove(self, names: Iterable[str]) -> Vocabulary:
-        """Drop classes by name; raises for a name that is not in the vocabulary."""
-        doomed = {name.strip().lower() for name in names}
+        """Drop classes by name, matched as the vocabulary compares names (case and surplus
+        whitespace ignored); raises for an empty list or a name that is not present."""
+        if isinstance(names, str):
+            raise VocabularyError('give a list of class names to remove')
+        doomed = {_clean_text(name, 'class name').lower() for name in names}
+        if not doomed:
+            raise VocabularyError('nothing to remove: give at least one class name')
         missing = doomed - {entry.name.lower() for entry in self.entries}
         if missing:
             raise VocabularyError(f'cannot remove {sorted(missing)}: not in the vocabulary')
