@@ -2,13 +2,15 @@
 
 Arguments: image (camera topic), params_file, vocabulary (a YAML file under
 config/vocabularies/ or a path; empty = the params file's list), namespace, use_depth (with
-depth:=... and camera_info:=... topics). The node brings itself to active.
+depth:=... and camera_info:=... topics), rviz (start rviz2 with config/masqclip.rviz where
+rviz2 is installed). The node brings itself to active.
 """
 
 import os
+import tempfile
 
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -47,6 +49,26 @@ def make_node(context, *args, **kwargs) -> list:
     ]
 
 
+def make_rviz(context, *args, **kwargs) -> list:
+    """rviz2 on the node's topics, or one line saying why not."""
+    if LaunchConfiguration('rviz').perform(context).lower() not in ('true', '1', 'yes'):
+        return []
+    try:
+        get_package_share_directory('rviz2')
+    except LookupError:  # PackageNotFoundError
+        return [LogInfo(msg='rviz:=true but rviz2 is not installed here (apt install '
+                            'ros-$ROS_DISTRO-rviz2); the node runs without it')]  # fmt: skip
+    config = os.path.join(get_package_share_directory(PACKAGE), 'config', 'masqclip.rviz')
+    namespace = LaunchConfiguration('namespace').perform(context).strip('/')
+    if namespace:  # the shipped view names the un-namespaced topics
+        with open(config) as source:
+            text = source.read().replace('/masqclip_node/', f'/{namespace}/masqclip_node/')
+        with tempfile.NamedTemporaryFile('w', suffix='.rviz', delete=False) as view:
+            view.write(text)
+        config = view.name
+    return [Node(package='rviz2', executable='rviz2', arguments=['-d', config], output='log')]
+
+
 def generate_launch_description() -> LaunchDescription:
     """The launch arguments and the node."""
     share = get_package_share_directory(PACKAGE)
@@ -73,6 +95,10 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 'camera_info', default_value='camera_info', description='CameraInfo topic.'
             ),
+            DeclareLaunchArgument(
+                'rviz', default_value='false', description='Also start rviz2 (where installed).'
+            ),
             OpaqueFunction(function=make_node),
+            OpaqueFunction(function=make_rviz),
         ]
     )

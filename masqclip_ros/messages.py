@@ -216,7 +216,8 @@ def detections_to_msg(result: SegmentationResult, header: Header, vision_msgs: o
 def markers_to_msg(
     labels: Sequence[str], geometries: Sequence[Geometry3D | None], header: Header
 ) -> MarkerArray:
-    """Boxes and text labels for the instances that have 3D, in the label's colour.
+    """Boxes and text labels for the instances that have 3D, in the label's colour, and the
+    number of instances.
 
     The first marker deletes the previous frame's markers.
 
@@ -250,7 +251,20 @@ def markers_to_msg(
         text.color.r, text.color.g, text.color.b, text.color.a = red, green, blue, 1.0
         text.text = label
         markers += [box, text]
+    markers.append(_count_marker(len(labels), header))
     return MarkerArray(markers=markers)
+
+
+def _count_marker(count: int, header: Header) -> Marker:
+    """'N instances' floating 1 m ahead of the camera, slightly above its axis (optical
+    frame: z forward, y down), so RViz shows the count beside the 3D boxes."""
+    text = Marker(header=header, ns='masqclip/summary', id=0, type=Marker.TEXT_VIEW_FACING)
+    text.pose.position = Point(x=0.0, y=-0.3, z=1.0)
+    text.pose.orientation.w = 1.0
+    text.scale.z = 0.06
+    text.color.r = text.color.g = text.color.b = text.color.a = 1.0
+    text.text = f'{count} instance{"" if count == 1 else "s"}'
+    return text
 
 
 def diagnostics_to_msg(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -240,7 +241,8 @@ def launched(cli_env, vocabularies, tmp_path_factory):
     """The node, launched once for the whole file with every kind of argument."""
     log = tmp_path_factory.mktemp('launch') / 'launch.log'
     launch = Launch(cli_env, log, f'namespace:={NAMESPACE.lstrip("/")}', f'image:={CAMERA}',
-                    f'vocabulary:={vocabularies["kitchen"]}', 'use_depth:=true')  # fmt: skip
+                    f'vocabulary:={vocabularies["kitchen"]}', 'use_depth:=true',
+                    'rviz:=true')  # fmt: skip
     try:
         launch.wait_active(NODE)
         yield launch
@@ -306,6 +308,8 @@ def test_launch_with_arguments_starts_the_node_active_on_the_venv_python(cli_env
     assert parameters['depth']['enabled'] is True
     assert parameters['vocabulary_file'].endswith('kitchen.yaml')
     assert f'active: segmenting {CAMERA}' in log, log
+    if shutil.which('rviz2') is None:  # rviz:=true says in one line why there is no viewer
+        assert log.count('rviz2 is not installed here') == 1, log
 
 
 def test_images_in_give_instances_out_with_3d(cli_env, launched, camera):

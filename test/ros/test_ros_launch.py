@@ -2,6 +2,7 @@
 
 import ast
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ ARGUMENTS = {
     'use_depth',
     'depth',
     'camera_info',
+    'rviz',
 }
 
 
@@ -104,3 +106,48 @@ def test_launch_description_builds_where_launch_ros_exists() -> None:
     opaque = next(a for a in description.entities if isinstance(a, OpaqueFunction))
     (node,) = opaque.execute(context)
     assert node.node_package == 'masqclip_ros' and node.node_executable == 'masqclip_node'
+
+
+def test_rviz_view_names_only_what_the_node_publishes() -> None:
+    """config/masqclip.rviz parses and shows the node's own topics and marker namespaces."""
+    view = yaml.safe_load((ROOT / 'config' / 'masqclip.rviz').read_text())
+    displays = view['Visualization Manager']['Displays']
+    topics = {display['Topic']['Value'] for display in displays}
+    node_source = (ROOT / 'masqclip_ros' / 'node.py').read_text()
+    published = {
+        '/masqclip_node/' + name
+        for name in re.findall(r"create_publisher\(\s*[\w.]+,\s*'~/([\w/]+)'", node_source)
+    }
+    assert topics == {'/masqclip_node/overlay', '/masqclip_node/markers'} <= published
+    namespaces = {ns for d in displays for ns in d.get('Namespaces', {})}
+    messages_source = (ROOT / 'masqclip_ros' / 'messages.py').read_text()
+    assert namespaces == set(re.findall(r"ns='([\w/]+)'", messages_source))
+    assert {d['Class'] for d in displays} == {
+        'rviz_default_plugins/Image',
+        'rviz_default_plugins/MarkerArray',
+    }
+
+
+def test_rviz_argument_follows_the_namespace_or_says_why_not() -> None:
+    pytest.importorskip('launch_ros', reason='launch_ros is not installable here (no ros2 launch)')
+    import importlib.util
+
+    from launch.actions import LogInfo, OpaqueFunction
+
+    from launch import LaunchContext
+
+    spec = importlib.util.spec_from_file_location('segment_launch', LAUNCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    make_rviz = [a for a in description.entities if isinstance(a, OpaqueFunction)][-1]
+    context = LaunchContext()
+    context.launch_configurations.update({'rviz': 'false', 'namespace': 'robot'})
+    assert make_rviz.execute(context) == []
+    context.launch_configurations['rviz'] = 'true'
+    (action,) = make_rviz.execute(context)
+    if isinstance(action, LogInfo):  # no rviz2 here
+        assert 'rviz2 is not installed' in action.msg[0].text
+    else:
+        config = action.cmd[-1][0].perform(context)
+        assert '/robot/masqclip_node/overlay' in Path(config).read_text()

@@ -207,8 +207,10 @@ def test_markers_for_instances_with_3d() -> None:
     result = make_result()
     geometry = mask_geometry(result.instances[0].mask, depth, CAMERA, min_points=10)
     msg = markers_to_msg(['mug', 'table'], [geometry, None], header())
-    assert [m.action for m in msg.markers] == [Marker.DELETEALL, Marker.ADD, Marker.ADD]
-    box, text = msg.markers[1:]
+    assert [m.action for m in msg.markers] == [Marker.DELETEALL] + [Marker.ADD] * 3
+    box, text, count = msg.markers[1:]
+    assert count.ns == 'masqclip/summary' and count.text == '2 instances'
+    assert markers_to_msg(['mug'], [None], header()).markers[-1].text == '1 instance'
     assert box.type == Marker.CUBE and text.text == 'mug' and box.header == header()
     assert box.pose.position.z == pytest.approx(2.0)
     assert round(box.color.r * 255) == label_color('mug')[0]
