@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from masqclip.inference.known_words import KnownWords
 from masqclip.inference.postprocess import (
     classify_masks,
     cropped_mask,
@@ -52,6 +53,8 @@ from masqclip.modeling.masqclip import MasQCLIP
 logger = logging.getLogger('masqclip')
 
 TASKS = ('instance', 'semantic', 'panoptic')
+# x86 bf16 units torch uses: AMX tiles (matrix products) and AVX-512 BF16 (vector dot products).
+BF16_CPU_UNITS = ('amx_bf16', 'avx512_bf16')
 
 ImageModel = Callable[
     [torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -156,6 +159,7 @@ class Predictor:
         self.text_cache = TextEmbeddingCache(
             lambda classes: encode_classes(classes, templates), text_fingerprint, templates
         )
+        self.known_words = KnownWords.from_config(model_config)
         self._active = self._activate(Vocabulary(()))
 
     @classmethod
@@ -247,7 +251,18 @@ class Predictor:
         """
         start = time.perf_counter()
         self._active = self._activate(vocabulary)  # one assignment: never half-changed
+        warning = self.unknown_words_warning(vocabulary)
+        if warning:
+            logger.warning('vocabulary: %s', warning)
         return time.perf_counter() - start
+
+    def unknown_words_warning(self, texts: Vocabulary | Sequence[str]) -> str | None:
+        """Why some classes or queries cannot work: the words of ``texts`` (a vocabulary's
+        names and synonyms, or queries) this model was not trained on, with the words it
+        knows; None when it knows them all or declares no word list (open vocabulary)."""
+        if isinstance(texts, Vocabulary):
+            texts = [prompt for entry in texts.entries for prompt in entry.prompts]
+        return self.known_words.warning(texts)
 
     def _activate(self, vocabulary: Vocabulary) -> _ActiveVocabulary:
         text = self.text_cache.embed_vocabulary(vocabulary).to(self.device)
@@ -513,6 +528,13 @@ def _render(logits: torch.Tensor) -> RenderedMask:
 
 def _first(*values: object) -> object:
     return next(v for v in values if v is not None)
+
+
+def cpu_bf16_units() -> tuple[str, ...]:
+    """The bf16 arithmetic units of this CPU among ``BF16_CPU_UNITS``; empty where bf16 would
+    be emulated (slower than fp32 itself)."""
+    capabilities = torch.cpu.get_capabilities()
+    return tuple(unit for unit in BF16_CPU_UNITS if capabilities.get(unit))
 
 
 def _torch_image_model(network: torch.nn.Module, device: str, precision: str) -> ImageModel:

@@ -41,7 +41,9 @@ def build_clip(clip_cfg: Mapping) -> open_clip.CLIP:
             f'the clip config lacks {missing}; it needs embed_dim, vision_cfg and '
             'text_cfg (see masqclip/model_configs/test_tiny.json)'
         )
-    unknown = set(clip_cfg) - {'embed_dim', 'vision_cfg', 'text_cfg', 'open_clip_name'}
+    # known_words: the text tower's closed word list, where it has one (known_words.py).
+    allowed = {'embed_dim', 'vision_cfg', 'text_cfg', 'open_clip_name', 'known_words'}
+    unknown = set(clip_cfg) - allowed
     if unknown:
         raise ValueError(f'unknown keys {sorted(unknown)} in the clip config')
     cfg_types = (('vision_cfg', open_clip.CLIPVisionCfg), ('text_cfg', open_clip.CLIPTextCfg))

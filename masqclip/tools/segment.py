@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -23,6 +24,8 @@ from masqclip.tools.common import (
 from masqclip.visualization import draw_overlay
 
 SEMANTIC_UNLABELED_PNG = 65535
+# The demo model's own world, shipped with the package's configs.
+DEMO_VOCABULARY = 'config/vocabularies/demo_scenes.yaml'
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +52,11 @@ def run(args: argparse.Namespace) -> int:
     if image_bgr is None:
         raise CommandError(f'cannot read {args.image} as an image')
     predictor = predictor_from_args(args, score_threshold=args.score_threshold)
-    predictor.set_vocabulary(vocabulary_from_args(args))
+    vocabulary = vocabulary_from_args(args)
+    predictor.set_vocabulary(vocabulary)
+    unknown = predictor.unknown_words_warning(vocabulary)
+    if unknown:
+        print(f'warning: {unknown}', file=sys.stderr)
     result = predictor.predict(image_bgr, color='bgr', tasks=args.tasks)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,6 +73,13 @@ def run(args: argparse.Namespace) -> int:
         f'{len(result.instances)} instances, {len(result.segments)} panoptic segments '
         f'-> {out}/{stem}_*'
     )
+    if unknown and not result.instances:
+        print(
+            'found nothing, as expected: the vocabulary uses words this model never learned '
+            f'(see the warning above). Try its own vocabulary: --vocabulary-file '
+            f'{DEMO_VOCABULARY}, or a checkpoint trained on open vocabulary (README, Weights)',
+            file=sys.stderr,
+        )
     return 0
 
 
