@@ -16,15 +16,12 @@ from sensor_msgs.msg import Image, RegionOfInterest
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from masqclip.inference.results import UNLABELED, Instance, SegmentationResult
+from masqclip.inference.results import UNLABELED, UNLABELED_UINT16, Instance, SegmentationResult
 from masqclip.inference.vocabulary import Vocabulary, VocabularyEntry
 from masqclip.visualization import label_color
 from masqclip_ros import msg as ros_msg
 from masqclip_ros.conversions import array_to_image_msg
 from masqclip_ros.geometry import Geometry3D
-
-SEMANTIC_UNLABELED = 65535
-"""Pixel value of ``~/semantic`` where no class claims the pixel."""
 
 
 def box_to_roi(box: np.ndarray, height: int, width: int) -> RegionOfInterest:
@@ -118,9 +115,9 @@ def semantic_to_msg(semantic: np.ndarray, header: Header) -> Image:
     :param header: the input image's header (copied).
     :return: mono16 image, 65535 where unlabeled.
     """
-    if semantic.size and semantic.max() >= SEMANTIC_UNLABELED:
+    if semantic.size and semantic.max() >= UNLABELED_UINT16:
         raise ValueError(f'class index {semantic.max()} does not fit a mono16 semantic image')
-    pixels = np.where(semantic == UNLABELED, SEMANTIC_UNLABELED, semantic).astype(np.uint16)
+    pixels = np.where(semantic == UNLABELED, UNLABELED_UINT16, semantic).astype(np.uint16)
     return array_to_image_msg(pixels, 'mono16', header)
 
 

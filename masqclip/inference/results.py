@@ -16,6 +16,10 @@ if TYPE_CHECKING:  # a plain dataclass of tuples; importing it at run time would
 UNLABELED = -1
 """Class index of a pixel no class claims (semantic map) and of the void panoptic segment."""
 
+UNLABELED_UINT16 = 65535
+"""``UNLABELED`` in 16-bit semantic images (the CLI's PNG, the node's mono16): the largest value,
+as ADE20K's 16-bit maps mark ignored pixels."""
+
 
 @dataclass(frozen=True)
 class Instance:
