@@ -1,7 +1,8 @@
-"""CPU latency of the image path: onnxruntime against torch eager, on the same weights.
+"""CPU latency of the image path: onnxruntime against torch eager, on the same weights, and
+each as a share of what this machine's matrix units reach.
 
-Random weights are fine for timing. Both sides get the same thread count and take turns, so a
-busy machine slows both alike; the ratio is the figure to read.
+Random weights are fine for timing. Every side gets the same thread count and they take turns,
+so a busy machine slows all alike; the ratios are the figures to read.
 """
 
 from __future__ import annotations
@@ -12,10 +13,20 @@ from pathlib import Path
 
 import torch
 
-from masqclip.benchmarking import frame_inputs, interleaved_medians, timer
+from masqclip.benchmarking import (
+    GEMM_SIZE,
+    frame_inputs,
+    gemm,
+    image_path_flops,
+    image_path_rates,
+    interleaved_medians,
+    timer,
+    top_operators,
+)
 from masqclip.export.onnx import export_onnx
 from masqclip.export.onnxruntime_backend import OnnxRuntimeImageModel
 from masqclip.factory import build_model
+from masqclip.inference.predictor import ImageModel, cpu_bf16_units
 
 
 def measure_onnxruntime_vs_torch(
@@ -34,11 +45,46 @@ def measure_onnxruntime_vs_torch(
         ``torch_s``, ``max_abs_diff`` (mask embeddings), ``input_size``, ``threads``,
         ``export_s``, ``model``.
     """
+    return _measure_image_paths(model, frame_size, repeats, work_dir, gemm_size=None)
+
+
+def measure_efficiency(
+    model: str = 'masqclip_r50_vitb16',
+    frame_size: tuple[int, int] = (480, 640),
+    repeats: int = 3,
+    work_dir: str | Path | None = None,
+    gemm_size: int = GEMM_SIZE,
+) -> dict[str, object]:
+    """``measure_onnxruntime_vs_torch``'s figures, with the image path's efficiency.
+
+    Interleaved with the image paths (torch fp32, onnxruntime fp32, and torch bf16 where the
+    CPU has bf16 units), a ``gemm_size``-square matrix product measures this machine's fp32
+    (and bf16) GEMM rate; the image path's FLOPs are counted once; one profiled torch fp32 run
+    names the operators the time goes to.
+
+    :return: the figures of ``measure_onnxruntime_vs_torch`` and ``efficiency``: ``cpu``,
+        ``threads``, ``bf16_units``, ``input_size``, ``gemm_size``, ``gemm_gflops`` (per
+        precision), ``image_path_flops`` (``proposer``, ``mask_clip``, ``total``),
+        ``image_paths`` (rows of ``image_path_rates``), ``top_operators``.
+    """
+    return _measure_image_paths(model, frame_size, repeats, work_dir, gemm_size)
+
+
+def _measure_image_paths(
+    model: str,
+    frame_size: tuple[int, int],
+    repeats: int,
+    work_dir: str | Path | None,
+    gemm_size: int | None,
+) -> dict[str, object]:
+    """The figures of both functions above; the efficiency ones unless ``gemm_size`` is None."""
     torch.manual_seed(0)
     network, config = build_model(model)
+    network.eval()
     inputs = frame_inputs(config, frame_size)
     input_size = tuple(inputs[0].shape[-2:])
     threads = torch.get_num_threads()
+    bf16_units = cpu_bf16_units() if gemm_size is not None else ()
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(work_dir) if work_dir is not None else Path(scratch)
         start = time.perf_counter()
@@ -46,20 +92,57 @@ def measure_onnxruntime_vs_torch(
             network, config, folder / f'{model}-bench.onnx', input_size, model_name=model
         )
         export_s = time.perf_counter() - start
-        session = OnnxRuntimeImageModel(path, 'cpu', threads=threads)
+        image_models: dict[str, ImageModel] = {
+            'torch fp32': network,
+            'onnxruntime fp32': OnnxRuntimeImageModel(path, 'cpu', threads=threads),
+        }
+        gemms = {}
+        if gemm_size is not None:
+            gemms['fp32'] = gemm(torch.float32, gemm_size)
+            if bf16_units:
+                gemms['bf16'] = gemm(torch.bfloat16, gemm_size)
         with torch.inference_mode():
-            reference = network(*inputs)  # also the torch warm-up
-            exported = session(*inputs)  # onnxruntime's first run plans memory: not timed
-            onnxruntime_s, torch_s = interleaved_medians(
-                [timer(session, *inputs), timer(network, *inputs)], repeats
+            # First runs: the torch warm-up, onnxruntime's memory planning; not timed.
+            outputs = {name: run(*inputs) for name, run in image_models.items()}
+            for measure, _ in gemms.values():
+                measure()
+            seconds = interleaved_medians(
+                [measure for measure, _ in gemms.values()]
+                + [timer(run, *inputs) for run in image_models.values()],
+                repeats,
             )
-    return {
+    gemm_seconds = dict(zip(gemms, seconds[: len(gemms)], strict=True))
+    image_seconds = dict(zip(image_models, seconds[len(gemms) :], strict=True))
+    figures = {
         'model': model,
         'input_size': list(input_size),
         'threads': threads,
-        'onnxruntime_vs_torch_speedup': torch_s / onnxruntime_s,
-        'onnxruntime_s': onnxruntime_s,
-        'torch_s': torch_s,
-        'max_abs_diff': float((exported[2] - reference[2]).abs().max()),
+        'onnxruntime_vs_torch_speedup': image_seconds['torch fp32']
+        / image_seconds['onnxruntime fp32'],
+        'onnxruntime_s': image_seconds['onnxruntime fp32'],
+        'torch_s': image_seconds['torch fp32'],
+        'max_abs_diff': float(
+            (outputs['onnxruntime fp32'][2] - outputs['torch fp32'][2]).abs().max()
+        ),
         'export_s': export_s,
     }
+    if gemm_size is None:
+        return figures
+    gemm_gflops = {
+        precision: flops / gemm_seconds[precision] / 1e9 for precision, (_, flops) in gemms.items()
+    }
+    flops = image_path_flops(network, inputs)
+    with torch.inference_mode():
+        operators = top_operators(network, *inputs)
+    figures['efficiency'] = {
+        'cpu': torch.cpu.get_capabilities().get('cpu_name', 'unknown'),
+        'threads': threads,
+        'bf16_units': list(bf16_units),
+        'input_size': 'x'.join(str(side) for side in input_size),
+        'gemm_size': gemm_size,
+        'gemm_gflops': gemm_gflops,
+        'image_path_flops': flops,
+        'image_paths': image_path_rates(image_seconds, flops['total'], gemm_gflops),
+        'top_operators': operators,
+    }
+    return figures

@@ -8,14 +8,16 @@ Ratios are measured within one run, interleaved, so a busy machine slows both si
 - semantic_vocab_847_vs_20_latency_ratio: the same with semantic output only;
 - stages_s: the predictor's per-stage breakdown, with the image model split into proposer and
   mask-token CLIP;
-- onnxruntime_vs_torch_speedup: the image path on onnxruntime (CPU) vs torch eager.
+- onnxruntime_vs_torch_speedup: the image path on onnxruntime (CPU) vs torch eager;
+- efficiency: this machine's fp32 (and bf16) GEMM rate, the image path's FLOPs, each backend's
+  and precision's rate as a share of the GEMM rate, and the operators the torch time goes to
+  (printed as a table before the JSON).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -25,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from masqclip.benchmarking import interleaved_medians, timer
-from masqclip.export.bench import measure_onnxruntime_vs_torch
+from masqclip.benchmarking import GEMM_SIZE, efficiency_table, interleaved_medians, timer
+from masqclip.export.bench import measure_efficiency
 from masqclip.factory import build_model
 from masqclip.inference.predictor import Predictor
 from masqclip.inference.vocabulary import Vocabulary
@@ -42,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--size', default='640x480', help='frame WxH (default: %(default)s)')
     parser.add_argument('--repeats', type=int, default=3, help='timed runs per measurement')
+    parser.add_argument(
+        '--gemm-size',
+        type=int,
+        default=GEMM_SIZE,
+        help='side of the square matrix product that measures the GEMM rate (%(default)s)',
+    )
     parser.add_argument('--json', help='also write the figures to this JSON file')
 
 
@@ -78,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
     )
     tokens_s, crops_s = _mask_tokens_vs_crops(network, predictor, frame, args.repeats)
     stages = _stage_breakdown(predictor, network, frame, args.repeats)
-    onnxruntime = measure_onnxruntime_vs_torch(args.model, (height, width), args.repeats)
+    onnxruntime = measure_efficiency(
+        args.model, (height, width), args.repeats, gemm_size=args.gemm_size
+    )
+    efficiency = onnxruntime.pop('efficiency')
     figures = {
         'model': args.model,
         'device': args.device,
@@ -96,12 +107,14 @@ def run(args: argparse.Namespace) -> int:
         'stages_s': stages,
         'onnxruntime_vs_torch_speedup': onnxruntime['onnxruntime_vs_torch_speedup'],
         'onnxruntime': onnxruntime,
+        'efficiency': efficiency,
         'environment': {
             'torch': torch.__version__,
             'threads': torch.get_num_threads(),
-            'cpu': platform.processor() or platform.machine(),
+            'cpu': efficiency['cpu'],
         },
     }
+    print(efficiency_table(efficiency), end='\n\n')
     print(json.dumps(figures, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
