@@ -11,6 +11,8 @@ import collections
 import sys
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,8 +28,18 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.callback_groups import (
+    CallbackGroup,
+    MutuallyExclusiveCallbackGroup,
+    ReentrantCallbackGroup,
+)
+from rclpy.executors import (
+    ConditionReachedException,
+    Executor,
+    ExternalShutdownException,
+    ShutdownException,
+    TimeoutException,
+)
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
@@ -35,6 +47,7 @@ from rclpy.qos import (
     QoSProfile,
     ReliabilityPolicy,
 )
+from rclpy.task import Future
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
@@ -64,6 +77,12 @@ from masqclip_ros.messages import (
     semantic_to_msg,
     vocabulary_to_msg,
 )
+from masqclip_ros.runtime import (
+    changed_vocabulary,
+    find_request_problem,
+    stamp_problem,
+    vocabulary_summary,
+)
 from masqclip_ros.settings import (
     PARAMETERS,
     SPECS,
@@ -84,7 +103,11 @@ LATCHED_QOS = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
 LOG_PERIOD_S = 5.0
-MAX_FIND_WAIT_S = 60.0
+FIND_THREADS = 64
+"""Finds served at once, each waiting for its frame on a thread of the find lane; more queue
+for a thread, among themselves only."""
+SERVICE_QOS = QoSProfile(depth=4 * FIND_THREADS, reliability=ReliabilityPolicy.RELIABLE)
+"""Deep: the default depth of 10 drops requests (and unacknowledged answers) beyond ten at once."""
 
 
 @dataclass
@@ -202,6 +225,63 @@ class Stats:
         return out
 
 
+class LaneExecutor(Executor):
+    """An executor whose callback groups may own thread pools ("lanes"); the other callbacks
+    share the default pool.
+
+    rclpy's MultiThreadedExecutor runs every callback on one pool, so callbacks that wait
+    (a find waiting for the next frame) can hold every thread while the image callback that
+    would end their wait queues behind them. A callback of a lane never waits for a thread of
+    another lane or of the default pool, nor takes one.
+
+    :param lanes: callback group -> the threads of its own pool.
+    :param num_threads: threads of the default pool.
+    """
+
+    def __init__(self, lanes: dict[CallbackGroup, int], num_threads: int = 4) -> None:
+        super().__init__()
+        self._default_pool = ThreadPoolExecutor(num_threads, 'masqclip-callbacks')
+        self._lane_pools = {
+            group: ThreadPoolExecutor(threads, f'masqclip-lane{number}')
+            for number, (group, threads) in enumerate(lanes.items())
+        }
+        self._handlers: list[Future] = []
+
+    def spin_once(self, timeout_sec: float | None = None) -> None:
+        self._spin_once_impl(timeout_sec)
+
+    def _spin_once_until_future_complete(
+        self, future: Future, timeout_sec: float | None = None
+    ) -> None:  # what Executor.spin_until_future_complete calls
+        self._spin_once_impl(timeout_sec, future.done)
+
+    def _spin_once_impl(
+        self, timeout_sec: float | None = None, wait_condition: Callable[[], bool] = lambda: False
+    ) -> None:
+        try:
+            handler, entity, _ = self.wait_for_ready_callbacks(timeout_sec, None, wait_condition)
+        except (
+            ConditionReachedException,
+            ExternalShutdownException,
+            ShutdownException,
+            TimeoutException,
+        ):
+            return
+        group = getattr(entity, 'callback_group', None)
+        self._lane_pools.get(group, self._default_pool).submit(handler)
+        self._handlers.append(handler)
+        for done in [handler for handler in self._handlers if handler.done()]:
+            self._handlers.remove(done)
+            done.result()  # a callback's exception stops spin, as in rclpy's executors
+
+    def shutdown(self, timeout_sec: float | None = None) -> bool:
+        """Stop executing callbacks and wait for the running ones to finish."""
+        finished = super().shutdown(timeout_sec)
+        for pool in (self._default_pool, *self._lane_pools.values()):
+            pool.shutdown(wait=True)
+        return finished
+
+
 class SegmentationNode(LifecycleNode):
     """The lifecycle node: configure loads the model, activate subscribes."""
 
@@ -227,9 +307,9 @@ class SegmentationNode(LifecycleNode):
         self.vocabulary_version = 0
         self.stats = Stats()
         self._log = RateLimitedLog(self.get_logger())
-        # Held while the predictor's vocabulary is read (a whole predict, so that a frame and
-        # its vocabulary version agree) or changed. find never takes it: it scores a stored
-        # frame with the predictor's thread-safe text cache while the next frame is segmented.
+        # Held while the predictor and its vocabulary (with the version) are read or changed,
+        # never across an image pass: predict snapshots its vocabulary itself. find never
+        # takes it: it scores a stored frame with the predictor's thread-safe text cache.
         self._vocabulary_lock = threading.RLock()
         self._slot = LatestSlot()
         self._frames: collections.deque[FrameRecord] = collections.deque()
@@ -245,12 +325,34 @@ class SegmentationNode(LifecycleNode):
         self._image_subscription = None
         self._subscription_handles: list = []
         self._outputs: dict[str, object] = {}
-        self._service_handles: list = []
         self._timer_handles: list = []
         self._image_topic = ''
         self._image_qos: QoSProfile | None = None
         self._input_group = MutuallyExclusiveCallbackGroup()
         self._service_group = ReentrantCallbackGroup()
+        self._find_group = ReentrantCallbackGroup()
+        self._create_services()
+        self.finalized = Future()
+        """Done once the node has shut down (``main`` then ends the process)."""
+
+    def thread_lanes(self) -> dict[CallbackGroup, int]:
+        """The callback groups that need threads of their own (see ``LaneExecutor``): image
+        input one, find a pool, so that finds waiting for the next frame never take a thread
+        from image handling or from the other services."""
+        return {self._input_group: 1, self._find_group: FIND_THREADS}
+
+    def _create_services(self) -> None:
+        """The services, for the node's whole life: destroying one while a call is in flight
+        killed the executor, and a call made while it was gone was never answered. They
+        answer 'not configured' until configure."""
+        for kind, name, callback, group in [
+            (SetVocabulary, '~/set_vocabulary', self._on_set_vocabulary, self._service_group),
+            (GetVocabulary, '~/get_vocabulary', self._on_get_vocabulary, self._service_group),
+            (FindObjects, '~/find', self._on_find, self._find_group),
+        ]:
+            self.create_service(
+                kind, name, callback, qos_profile=SERVICE_QOS, callback_group=group
+            )
 
     # Lifecycle ------------------------------------------------------------------------
 
@@ -282,8 +384,9 @@ class SegmentationNode(LifecycleNode):
                 f'(backend {settings.backend}, device {settings.device}): {error}'
             )
             return TransitionCallbackReturn.FAILURE
-        self.settings, self.predictor = settings, predictor
-        self._frames = collections.deque(maxlen=settings.find_buffer_size)
+        self.settings = settings
+        with self._frame_ready:
+            self._frames = collections.deque(maxlen=settings.find_buffer_size)
         self._outputs = {
             'instances': self.create_publisher(InstanceSegmentation, '~/instances', OUTPUT_QOS),
             'semantic': self.create_publisher(Image, '~/semantic', OUTPUT_QOS),
@@ -297,17 +400,10 @@ class SegmentationNode(LifecycleNode):
             self._outputs['detections'] = self.create_publisher(
                 vision_msgs.Detection2DArray, '~/detections', OUTPUT_QOS
             )
-        self._apply_vocabulary(vocabulary, 'parameters')
-        group = self._service_group
-        self._service_handles = [
-            self.create_service(
-                SetVocabulary, '~/set_vocabulary', self._on_set_vocabulary, callback_group=group
-            ),
-            self.create_service(
-                GetVocabulary, '~/get_vocabulary', self._on_get_vocabulary, callback_group=group
-            ),
-            self.create_service(FindObjects, '~/find', self._on_find, callback_group=group),
-        ]
+        # The services see the predictor only with its outputs and vocabulary in place.
+        with self._vocabulary_lock:
+            self.predictor = predictor
+            self._apply_vocabulary(vocabulary, 'parameters')
         self._timer_handles = [
             self.create_timer(settings.diagnostics_period_s, self._on_diagnostics)
         ]
@@ -352,6 +448,7 @@ class SegmentationNode(LifecycleNode):
                 ),
             ]
         self._active_since = self._last_warning = time.monotonic()
+        self._slot.clear()  # a frame a late callback left while inactive
         self._running.set()
         self._worker = threading.Thread(
             target=self._run_worker, name='masqclip-inference', daemon=True
@@ -366,11 +463,14 @@ class SegmentationNode(LifecycleNode):
         """Unsubscribe and stop the inference thread; the model stays loaded."""
         self._stop_worker()
         self._unsubscribe()
+        self.get_logger().info('deactivated: unsubscribed, the model stays loaded')
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Free the model, outputs, services and buffers."""
+        """Free the model, outputs and buffers (the services stay and answer 'not
+        configured')."""
         self._release()
+        self.get_logger().info('cleaned up: model, outputs and frames freed')
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -378,6 +478,8 @@ class SegmentationNode(LifecycleNode):
         self._stop_worker()
         self._unsubscribe()
         self._release()
+        self.get_logger().info(f'shut down from {state.label}')
+        self.finalized.set_result(True)
         return TransitionCallbackReturn.SUCCESS
 
     def _unsubscribe(self) -> None:
@@ -388,16 +490,17 @@ class SegmentationNode(LifecycleNode):
         self._subscription_handles = []
 
     def _release(self) -> None:
-        for publisher in self._outputs.values():
-            self.destroy_publisher(publisher)
-        for service in self._service_handles:
-            self.destroy_service(service)
-        for timer in self._timer_handles:
-            self.destroy_timer(timer)
-        self._outputs, self._service_handles, self._timer_handles = {}, [], []
+        # The predictor goes first, under the lock: a vocabulary change in flight then either
+        # published before, or sees no predictor and publishes nothing on the freed outputs.
         with self._vocabulary_lock:
             self.predictor = None
-        self._frames.clear()
+        for publisher in self._outputs.values():
+            self.destroy_publisher(publisher)
+        for timer in self._timer_handles:
+            self.destroy_timer(timer)
+        self._outputs, self._timer_handles = {}, []
+        with self._frame_ready:  # a find may be reading the ring
+            self._frames.clear()
         self._depth.clear()
 
     def stop(self) -> None:
@@ -410,6 +513,8 @@ class SegmentationNode(LifecycleNode):
         if self._worker is not None:
             self._worker.join()
             self._worker = None
+        with self._frame_ready:  # NEXT finds stop waiting for a frame that will not come
+            self._frame_ready.notify_all()
 
     def _subscribe_image(self, settings: Settings) -> object:
         """Subscribe to the camera topic with ``self._image_qos``."""
@@ -479,10 +584,10 @@ class SegmentationNode(LifecycleNode):
         self._convert_and_enqueue(msg, image_msg_to_rgb)
 
     def _on_compressed(self, msg: CompressedImage) -> None:
-        self._convert_and_enqueue(msg, compressed_msg_to_rgb)
+        self._convert_and_enqueue(msg, lambda m, limit: compressed_msg_to_rgb(m, limit, self._log))
 
     def _convert_and_enqueue(self, msg: Image | CompressedImage, convert: object) -> None:
-        if not self._accept_rate():
+        if not self._accept_rate() or not self._stamp_ok(msg, 'image', self._image_topic):
             return
         started = time.perf_counter()
         try:
@@ -508,17 +613,28 @@ class SegmentationNode(LifecycleNode):
             with self.stats.lock:
                 self.stats.dropped += 1
 
+    def _stamp_ok(self, msg: object, kind: str, topic: str) -> bool:
+        """Refuse an input whose stamp is no ROS time at the door: kept, it would fail every
+        frame matched against it."""
+        problem = stamp_problem(msg.header.stamp)
+        if problem is not None:
+            topic = self.resolve_topic_name(topic)
+            self._reject(('stamp', kind), f'rejected {kind} on {topic}: header {problem}')
+        return problem is None
+
     def _on_depth(self, msg: Image) -> None:
-        self._depth.append(msg)
+        if self._stamp_ok(msg, 'depth', 'depth'):
+            self._depth.append(msg)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg
+        if self._stamp_ok(msg, 'camera_info', 'camera_info'):
+            self._camera_info = msg
 
     def _on_vocabulary_topic(self, msg: VocabularyMsg) -> None:
-        ok, message, _, _ = self._change_vocabulary(msg.entries, SetVocabulary.Request.REPLACE)
-        if ok:
-            self.get_logger().info(f'vocabulary topic: {message}')
-        else:
+        ok, message, _, _ = self._change_vocabulary(
+            msg.entries, SetVocabulary.Request.REPLACE, 'the vocabulary topic'
+        )
+        if not ok:
             self._log('error', ('vocabulary',), f'rejected vocabulary on topic: {message}')
 
     # Inference ------------------------------------------------------------------------
@@ -543,14 +659,17 @@ class SegmentationNode(LifecycleNode):
     def _process(self, frame: Frame) -> None:
         settings = self.settings
         with self._vocabulary_lock:
-            predictor = self.predictor
+            predictor, version = self.predictor, self.vocabulary_version
             if predictor is None:
                 return
-            started = time.perf_counter()
-            result = predictor.predict(frame.pixels, frame.color, settings.tasks)
-            predicted = time.perf_counter()
-            predict_time = predicted - started
-            version = self.vocabulary_version
+            names = predictor.vocabulary.names
+        started = time.perf_counter()
+        result = predictor.predict(frame.pixels, frame.color, settings.tasks)
+        predicted = time.perf_counter()
+        predict_time = predicted - started
+        if result.vocabulary != names:  # a change landed before predict took its snapshot
+            with self._vocabulary_lock:
+                version = self.vocabulary_version
         header = frame.header
         depth_m, intrinsics = self._depth_for(header) if settings.depth_enabled else (None, None)
         geometries: list[Geometry3D | None] | None = None
@@ -660,50 +779,51 @@ class SegmentationNode(LifecycleNode):
         return Vocabulary.from_names(names)
 
     def _apply_vocabulary(self, vocabulary: Vocabulary, source: str) -> float:
+        """Make ``vocabulary`` current as a new version; return the text encoding seconds."""
         with self._vocabulary_lock:
             seconds = self.predictor.set_vocabulary(vocabulary)
             self.vocabulary_version += 1
             message = vocabulary_to_msg(
                 vocabulary, self.vocabulary_version, self.get_clock().now().to_msg()
             )
-        self._outputs['labels'].publish(message)
+            self._outputs['labels'].publish(message)  # under the lock: cleanup frees it
         self.get_logger().info(
             f'vocabulary version {self.vocabulary_version} from {source}: {len(vocabulary)} '
             f'classes, text encoded in {seconds * 1000:.1f} ms'
         )
         return seconds
 
-    def _change_vocabulary(self, entries: list, mode: int) -> tuple[bool, str, int, float]:
-        """Apply a SetVocabulary request; return (success, message, version, encode seconds)."""
-        request = SetVocabulary.Request
+    def _change_vocabulary(
+        self, entries: list, mode: int, source: str
+    ) -> tuple[bool, str, int, float]:
+        """Apply a vocabulary request (``source`` names it in the log); return (success,
+        message, version, encode seconds)."""
         with self._vocabulary_lock:
             if self.predictor is None:
                 return False, 'the node is not configured', self.vocabulary_version, 0.0
             current = self.predictor.vocabulary
             try:
-                new_entries = msgs_to_entries(entries)
-                if mode == request.REPLACE:
-                    vocabulary = Vocabulary(new_entries)
-                elif mode == request.ADD:
-                    vocabulary = current.add(new_entries)
-                elif mode == request.REMOVE:
-                    vocabulary = current.remove([entry.name for entry in new_entries])
-                else:
-                    raise VocabularyError(f'mode {mode} is not REPLACE (0), ADD (1) or REMOVE (2)')
-                # Validation (empty or overlong names, duplicates) happens on construction.
-                vocabulary = Vocabulary.from_records(vocabulary.to_records())
-                if len(vocabulary) == 0:
-                    raise VocabularyError('the vocabulary would be empty; keep at least one class')
+                vocabulary = changed_vocabulary(current, msgs_to_entries(entries), mode)
             except (VocabularyError, TypeError) as error:
                 return False, str(error), self.vocabulary_version, 0.0
-            seconds = self._apply_vocabulary(vocabulary, 'set_vocabulary')
-            names = ', '.join(vocabulary.names[:8]) + (', ...' if len(vocabulary) > 8 else '')
-            return True, f'{len(vocabulary)} classes: {names}', self.vocabulary_version, seconds
+            return True, *self._install_vocabulary(vocabulary, source)
+
+    def _install_vocabulary(self, vocabulary: Vocabulary, source: str) -> tuple[str, int, float]:
+        """Make ``vocabulary`` current unless it already is (the version counts changes);
+        return (summary, version, encode seconds). The node must be configured."""
+        with self._vocabulary_lock:
+            if vocabulary == self.predictor.vocabulary:
+                summary = f'unchanged, {vocabulary_summary(vocabulary)}'
+                return summary, self.vocabulary_version, 0.0
+            seconds = self._apply_vocabulary(vocabulary, source)
+            return vocabulary_summary(vocabulary), self.vocabulary_version, seconds
 
     def _on_set_vocabulary(
         self, request: SetVocabulary.Request, response: SetVocabulary.Response
     ) -> SetVocabulary.Response:
-        ok, message, version, seconds = self._change_vocabulary(request.entries, request.mode)
+        ok, message, version, seconds = self._change_vocabulary(
+            request.entries, request.mode, 'set_vocabulary'
+        )
         response.success, response.message, response.version = ok, message, version
         response.encode_time_s = float(seconds)
         if not ok:
@@ -754,7 +874,7 @@ class SegmentationNode(LifecycleNode):
                     raise VocabularyError('the vocabulary would be empty; keep at least one class')
             except VocabularyError as error:
                 return SetParametersResult(successful=False, reason=str(error))
-            self._apply_vocabulary(vocabulary, 'parameters')
+            self._install_vocabulary(vocabulary, 'parameters')
         return SetParametersResult(successful=True)
 
     # Find -----------------------------------------------------------------------------
@@ -763,20 +883,17 @@ class SegmentationNode(LifecycleNode):
         self, request: FindObjects.Request, response: FindObjects.Response
     ) -> FindObjects.Response:
         response.status = FindObjects.Response.ERROR
-        if not (np.isfinite(request.min_score) and 0.0 <= request.min_score <= 1.0):
-            response.message = f'min_score {request.min_score} must be in [0, 1]'
+        response.message = find_request_problem(request) or ''
+        if response.message:
             return response
-        if request.max_results < 1:
-            response.message = 'max_results must be at least 1'
+        predictor = self.predictor  # one read: cleanup may drop it meanwhile
+        if predictor is None:
+            response.message = 'the node is not configured'
             return response
         record = self._find_frame(request, response)
         if record is None:
             return response
         response.header = record.header
-        predictor = self.predictor  # one read: cleanup may drop it meanwhile
-        if predictor is None:
-            response.message = 'the node is not configured'
-            return response
         try:
             matches = predictor.find(
                 record.result,
@@ -809,22 +926,10 @@ class SegmentationNode(LifecycleNode):
     def _find_frame(
         self, request: FindObjects.Request, response: FindObjects.Response
     ) -> FrameRecord | None:
-        """The frame a find request asks for, or None with the response's status set."""
+        """The frame a (valid) find request asks for, or None with the response's status set."""
         with self._frame_ready:
             if request.frame == FindObjects.Request.NEXT:
-                wanted = self._frame_index + 1
-                deadline = time.monotonic() + min(max(request.timeout_s, 0.0), MAX_FIND_WAIT_S)
-                while self._frame_index < wanted:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        response.status = FindObjects.Response.TIMEOUT
-                        response.message = (
-                            f'no frame was processed within {request.timeout_s:g} s; is anything '
-                            f'publishing on {self._image_topic or "image"}?'
-                        )
-                        return None
-                    self._frame_ready.wait(left)
-                return next(r for r in self._frames if r.index == wanted)
+                return self._next_frame(request.timeout_s, response)
             if request.frame == FindObjects.Request.STAMP:
                 for record in self._frames:
                     if record.header.stamp == request.stamp:
@@ -836,16 +941,40 @@ class SegmentationNode(LifecycleNode):
                     f'kept: {", ".join(kept) or "none"}'
                 )
                 return None
-            if request.frame != FindObjects.Request.LATEST:
-                response.message = (
-                    f'frame {request.frame} is not LATEST (0), NEXT (1) or STAMP (2)'
-                )
-                return None
             if not self._frames:
                 response.status = FindObjects.Response.NO_FRAME
                 response.message = 'no frame has been processed yet'
                 return None
             return self._frames[-1]
+
+    def _next_frame(self, timeout_s: float, response: FindObjects.Response) -> FrameRecord | None:
+        """Wait (``_frame_ready`` held) for the first frame processed after this call; None with
+        the response's status set on timeout or when the node stops segmenting."""
+        wanted = self._frame_index + 1
+        deadline = time.monotonic() + timeout_s
+        while self._frame_index < wanted:
+            left = deadline - time.monotonic()
+            if not self._running.is_set():
+                response.status = FindObjects.Response.NO_FRAME
+                response.message = (
+                    'the node is not active: no new frame will come (activate it, or ask for '
+                    'LATEST)'
+                )
+                return None
+            if left <= 0:
+                response.status = FindObjects.Response.TIMEOUT
+                response.message = (
+                    f'no frame was processed within {timeout_s:g} s; is anything publishing on '
+                    f'{self._image_topic or "image"}?'
+                )
+                return None
+            self._frame_ready.wait(left)
+        # The oldest kept frame from the one wanted on: a waiter woken late may find it evicted.
+        record = next((r for r in self._frames if r.index >= wanted), None)
+        if record is None:
+            response.status = FindObjects.Response.NO_FRAME
+            response.message = 'the node was cleaned up while waiting for the next frame'
+        return record
 
     # Diagnostics ----------------------------------------------------------------------
 
@@ -923,14 +1052,15 @@ def model_name(settings: Settings) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Start the node and bring it to active (no lifecycle manager needed).
+    """Start the node and bring it to active (no lifecycle manager needed); return once it is
+    shut down (Ctrl-C, or the lifecycle shutdown transition).
 
     :param argv: command line, ROS arguments included (default: ``sys.argv``).
     :return: exit status: 0 after a normal shutdown, 1 when configure or activate failed.
     """
     rclpy.init(args=argv)
     node = SegmentationNode()
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = LaneExecutor(node.thread_lanes(), num_threads=4)
     executor.add_node(node)
     try:
         if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
@@ -939,16 +1069,17 @@ def main(argv: list[str] | None = None) -> int:
         if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
             node.get_logger().fatal('could not activate: see the error above')
             return 1
-        executor.spin()
+        # A finalized node serves nothing: the process ends, so that `ros2 launch` does too.
+        executor.spin_until_future_complete(node.finalized)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         # After Ctrl-C the context is gone and rcl has already moved the state machine to
         # shutting down without our callback: stop the inference thread either way.
-        if rclpy.ok():
+        if rclpy.ok() and not node.finalized.done():
             node.trigger_shutdown()
         node.stop()
-        executor.shutdown()
+        executor.shutdown()  # waits for the callbacks in flight: the shutdown call's answer
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 LATCHED = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
+MANY_CALLS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+"""For a service client with more than ten calls in flight: the default depth of 10 drops
+requests and answers beyond ten at once."""
 
 
 class NodeProcess(node_process.NodeProcess):

@@ -483,8 +483,9 @@ def test_lifecycle_deactivate_and_activate(rig: Rig) -> None:
 
 
 def test_find_answers_during_the_next_frames_image_pass(tmp_path) -> None:
-    """find scores a stored frame while the next one is segmented: it must not wait for the
-    image pass (random masqclip_r50_vitb16 weights make one take seconds on a CPU)."""
+    """find scores a stored frame while the next one is segmented, and get_vocabulary reads
+    the vocabulary: neither may wait for the image pass (random masqclip_r50_vitb16 weights
+    make one take seconds on a CPU). get_vocabulary used to wait for the whole pass."""
     overrides = {'model.config': 'masqclip_r50_vitb16', 'input.reliability': 'reliable'}
     with node_in_namespace(tmp_path, '/busy', overrides) as (process, client):
         node = client.node
@@ -494,6 +495,7 @@ def test_find_answers_during_the_next_frames_image_pass(tmp_path) -> None:
                                  lambda m: outputs.setdefault(m.header.stamp.sec,
                                                               time.monotonic()), QOS)  # fmt: skip
         find_service = node.create_client(FindObjects, '/busy/masqclip_ns/find')
+        vocabulary_service = node.create_client(GetVocabulary, '/busy/masqclip_ns/get_vocabulary')
         client.spin_until(lambda: camera.get_subscription_count() > 0, 30, 'the image match')
 
         def publish_frame(sec: int) -> float:
@@ -508,28 +510,33 @@ def test_find_answers_during_the_next_frames_image_pass(tmp_path) -> None:
             pytest.skip(f'an image pass took {first_pass:.2f} s: too fast to tell waiting apart')
         warm = find_latest(client, find_service, 'red mug')  # encodes the query's text
         assert warm.status == FindObjects.Response.FOUND, warm.message
+        assert client.call(vocabulary_service, GetVocabulary.Request()).vocabulary.version == 1
 
         started = publish_frame(2)
         # Let the frame reach the inference thread, then ask while its pass runs.
         client.spin_until(lambda: time.monotonic() > started + 0.1 * first_pass, 10, 'a pause')
-        answers = {query: timed_find(client, find_service, query)
+        answers = {query: timed_call(client, find_service, FindObjects.Request(query=query))
                    for query in ('red mug', 'a query never asked')}  # fmt: skip
+        answers['get_vocabulary'] = timed_call(client, vocabulary_service, GetVocabulary.Request())
         client.spin_until(lambda: 2 in outputs, 120, f'frame 2\n{process.log()[-2000:]}')
         second_pass = outputs[2] - started
-        for query, (answer, asked, answered) in answers.items():
-            assert answer.status == FindObjects.Response.FOUND, answer.message
-            assert answer.header.stamp.sec == 1, 'LATEST is the last frame processed'
-            assert answered < outputs[2], f'{query!r} was answered after the image pass ended'
+        for what, (answer, asked, answered) in answers.items():
+            if what == 'get_vocabulary':
+                assert answer.vocabulary.version == 1 and answer.vocabulary.entries
+            else:
+                assert answer.status == FindObjects.Response.FOUND, answer.message
+                assert answer.header.stamp.sec == 1, 'LATEST is the last frame processed'
+            assert answered < outputs[2], f'{what!r} was answered after the image pass ended'
             # Generous: scoring takes milliseconds, an image pass seconds.
-            assert answered - asked < 0.3 * second_pass, (query, answered - asked, second_pass)
+            assert answered - asked < 0.3 * second_pass, (what, answered - asked, second_pass)
 
 
 def find_latest(client: Client, service, query: str) -> FindObjects.Response:
     return client.call(service, FindObjects.Request(query=query), timeout=60)
 
 
-def timed_find(client: Client, service, query: str) -> tuple[FindObjects.Response, float, float]:
-    """A LATEST find; returns (answer, time asked, time answered)."""
+def timed_call(client: Client, service, request) -> tuple[object, float, float]:
+    """Call a service; returns (answer, time asked, time answered)."""
     asked = time.monotonic()
-    answer = find_latest(client, service, query)
+    answer = client.call(service, request, timeout=60)
     return answer, asked, time.monotonic()
