@@ -8,12 +8,17 @@ the node's /diagnostics the predictor's own time next to the node's overhead (co
 stream it also calls ``~/find`` on the latest frame, one call at a time, alternating a query
 never asked before (its text is encoded) and one asked before (cached), and prints the round
 trip of each kind next to the predictor's time: find must not wait for the image pass.
+
+Then it prints the node process's peak resident memory (VmHWM, read from outside in /proc)
+for that run and, in a fresh node, for maximum-size frames (square, ``input.max_pixels``
+pixels): the goal is that a maximum-size frame adds at most 1 GB over the 640x480 peak.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import sys
 import time
@@ -32,10 +37,13 @@ from std_msgs.msg import Header
 
 from masqclip_ros.conversions import array_to_image_msg
 from masqclip_ros.node_process import NodeProcess, share_directory
+from masqclip_ros.settings import SPECS
 
 QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 SEEN_QUERY = 'red mug'
 ANSWERED = (FindObjects.Response.FOUND, FindObjects.Response.NOT_FOUND)
+MEMORY_GOAL_BYTES = 1 << 30
+"""Most a maximum-size frame may add to the node's 640x480 peak."""
 
 
 class FindProbe:
@@ -95,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument('--log', type=Path, default=Path('masqclip_benchmark_node.log'))
     parser.add_argument(
+        '--max-frames',
+        type=int,
+        default=2,
+        help='maximum-size frames for the memory peak; 0 = none',
+    )
+    parser.add_argument(
         'overrides', nargs='*', help='node parameters as name:=value, e.g. model.device:=cuda'
     )
     args = parser.parse_args(argv)
@@ -153,11 +167,79 @@ def main(argv: list[str] | None = None) -> int:
         predictor = report(args, sent, arrivals, diagnostics)
         if probe is not None:
             report_find(probe, predictor)
-        return 0
+        stream_peak = peak_rss_bytes(node.process.pid)
+        print(f'node peak RSS ({args.width}x{args.height} stream): {stream_peak / 2**20:.0f} MiB')
     finally:
         client.destroy_node()
         rclpy.try_shutdown()
         node.stop()
+    if args.max_frames > 0:
+        return report_max_frame_memory(args, overrides, stream_peak)
+    return 0
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """A process's peak resident set size (VmHWM in /proc/<pid>/status), in bytes."""
+    for line in Path(f'/proc/{pid}/status').read_text().splitlines():
+        if line.startswith('VmHWM:'):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f'/proc/{pid}/status has no VmHWM')
+
+
+def report_max_frame_memory(
+    args: argparse.Namespace, overrides: dict[str, str], stream_peak: int
+) -> int:
+    """Segment ``args.max_frames`` square frames of ``input.max_pixels`` pixels, one at a time,
+    in a fresh node; print its peak RSS against the stream's. Return 0, or 1 without output."""
+    max_pixels = int(overrides.get('input.max_pixels', SPECS['input.max_pixels'].default))
+    side = math.isqrt(max_pixels)
+    node = NodeProcess(args.log.with_suffix('.max.log'), args.params_file, overrides)
+    rclpy.init()
+    client = Node('masqclip_benchmark_memory')
+    done: set[int] = set()
+    client.create_subscription(
+        InstanceSegmentation,
+        '/masqclip_node/instances',
+        lambda msg: done.add(msg.header.stamp.sec),
+        QOS,
+    )
+    publisher = client.create_publisher(Image, 'image', QOS)
+    try:
+        if not spin_until(client, lambda: publisher.get_subscription_count() > 0, 120, node):
+            print(f'the node did not start; see {node.log_path}', file=sys.stderr)
+            return 1
+        frame = np.random.default_rng(0).integers(0, 256, (side, side, 3), np.uint8)
+        seconds = []
+        for sec in range(1, args.max_frames + 1):
+            started = time.monotonic()
+            header = Header(frame_id='camera')
+            header.stamp.sec = sec
+            publisher.publish(array_to_image_msg(frame, 'rgb8', header))
+            if not spin_until(client, lambda sec=sec: sec in done, 600, node):
+                print(f'no output for a {side}x{side} frame; see {node.log_path}', file=sys.stderr)
+                return 1
+            seconds.append(time.monotonic() - started)
+        peak = peak_rss_bytes(node.process.pid)
+    finally:
+        client.destroy_node()
+        rclpy.try_shutdown()
+        node.stop()
+    added = peak - stream_peak
+    verdict = 'within' if added <= MEMORY_GOAL_BYTES else 'OVER'
+    print(f'node peak RSS ({side}x{side} = input.max_pixels, {args.max_frames} frames, '
+          f'{", ".join(f"{s:.1f}" for s in seconds)} s each): {peak / 2**20:.0f} MiB, '
+          f'{added / 2**20:+.0f} MiB over the stream: {verdict} the 1 GiB goal')  # fmt: skip
+    return 0
+
+
+def spin_until(client: Node, done, timeout: float, node: NodeProcess) -> bool:
+    """Spin ``client`` until ``done()``; False after ``timeout`` s or when the node died."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if not node.alive() or time.monotonic() > deadline:
+            return False
+        rclpy.spin_once(client, timeout_sec=0.1)
+    return True
 
 
 def report(
