@@ -39,7 +39,10 @@ def test_rates_and_shares_follow_from_the_measured_seconds(figures):
     assert set(gemm_gflops) == _expected_precisions()
     assert all(rate > 0 for rate in gemm_gflops.values())
     rows = {f'{r["backend"]} {r["precision"]}': r for r in efficiency['image_paths']}
-    assert set(rows) == {'torch fp32', 'onnxruntime fp32'}
+    expected = {'torch fp32', 'onnxruntime fp32'}
+    if cpu_bf16_units():
+        expected.add('torch bf16')
+    assert set(rows) == expected
     total = efficiency['image_path_flops']['total']
     for row in rows.values():
         assert row['seconds'] > 0
@@ -67,6 +70,7 @@ def test_table_shows_every_rate(figures):
     assert 'fp32 GEMM 128x128' in text
     assert 'image path, torch fp32' in text and 'image path, onnxruntime fp32' in text
     assert ('bf16 GEMM 128x128' in text) == bool(cpu_bf16_units())
+    assert ('image path, torch bf16' in text) == bool(cpu_bf16_units())
     assert 'top operators by self time' in text
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ from masqclip.benchmarking import (
 from masqclip.export.onnx import export_onnx
 from masqclip.export.onnxruntime_backend import OnnxRuntimeImageModel
 from masqclip.factory import build_model
-from masqclip.inference.predictor import ImageModel, cpu_bf16_units
+from masqclip.inference.predictor import ImageModel, cpu_bf16_units, torch_image_model
 
 
 def measure_onnxruntime_vs_torch(
@@ -86,10 +87,13 @@ def _measure_image_paths(
     threads = torch.get_num_threads()
     bf16_units = cpu_bf16_units() if gemm_size is not None else ()
     with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(work_dir) if work_dir is not None else Path(scratch)
         start = time.perf_counter()
         path = export_onnx(
-            network, config, folder / f'{model}-bench.onnx', input_size, model_name=model
+            network,
+            config,
+            Path(work_dir or scratch) / f'{model}-bench.onnx',
+            input_size,
+            model_name=model,
         )
         export_s = time.perf_counter() - start
         image_models: dict[str, ImageModel] = {
@@ -99,31 +103,22 @@ def _measure_image_paths(
         gemms = {}
         if gemm_size is not None:
             gemms['fp32'] = gemm(torch.float32, gemm_size)
-            if bf16_units:
-                gemms['bf16'] = gemm(torch.bfloat16, gemm_size)
-        with torch.inference_mode():
-            # First runs: the torch warm-up, onnxruntime's memory planning; not timed.
-            outputs = {name: run(*inputs) for name, run in image_models.items()}
-            for measure, _ in gemms.values():
-                measure()
-            seconds = interleaved_medians(
-                [measure for measure, _ in gemms.values()]
-                + [timer(run, *inputs) for run in image_models.values()],
-                repeats,
-            )
-    gemm_seconds = dict(zip(gemms, seconds[: len(gemms)], strict=True))
-    image_seconds = dict(zip(image_models, seconds[len(gemms) :], strict=True))
+        if bf16_units:
+            gemms['bf16'] = gemm(torch.bfloat16, gemm_size)
+            image_models['torch bf16'] = torch_image_model(network, 'cpu', 'bf16')
+        outputs, gemm_seconds, image_seconds = _interleaved_seconds(
+            image_models, gemms, inputs, repeats
+        )
+    torch_s, onnxruntime_s = image_seconds['torch fp32'], image_seconds['onnxruntime fp32']
+    embeddings_difference = outputs['onnxruntime fp32'][2] - outputs['torch fp32'][2]
     figures = {
         'model': model,
         'input_size': list(input_size),
         'threads': threads,
-        'onnxruntime_vs_torch_speedup': image_seconds['torch fp32']
-        / image_seconds['onnxruntime fp32'],
-        'onnxruntime_s': image_seconds['onnxruntime fp32'],
-        'torch_s': image_seconds['torch fp32'],
-        'max_abs_diff': float(
-            (outputs['onnxruntime fp32'][2] - outputs['torch fp32'][2]).abs().max()
-        ),
+        'onnxruntime_vs_torch_speedup': torch_s / onnxruntime_s,
+        'onnxruntime_s': onnxruntime_s,
+        'torch_s': torch_s,
+        'max_abs_diff': float(embeddings_difference.abs().max()),
         'export_s': export_s,
     }
     if gemm_size is None:
@@ -146,3 +141,25 @@ def _measure_image_paths(
         'top_operators': operators,
     }
     return figures
+
+
+def _interleaved_seconds(
+    image_models: dict[str, ImageModel],
+    gemms: dict[str, tuple[Callable[[], float], int]],
+    inputs: tuple[torch.Tensor, torch.Tensor],
+    repeats: int,
+) -> tuple[dict[str, tuple[torch.Tensor, ...]], dict[str, float], dict[str, float]]:
+    """Each image model's first outputs, then the median seconds of the GEMMs and of the
+    image models, all taking turns."""
+    with torch.inference_mode():
+        # First runs: the torch warm-up, onnxruntime's memory planning; not timed.
+        outputs = {name: run(*inputs) for name, run in image_models.items()}
+        for measure, _ in gemms.values():
+            measure()
+        seconds = interleaved_medians(
+            [measure for measure, _ in gemms.values()]
+            + [timer(run, *inputs) for run in image_models.values()],
+            repeats,
+        )
+    gemm_seconds = dict(zip(gemms, seconds[: len(gemms)], strict=True))
+    return outputs, gemm_seconds, dict(zip(image_models, seconds[len(gemms) :], strict=True))

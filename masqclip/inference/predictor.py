@@ -7,6 +7,7 @@ vocabulary-free, so changing the vocabulary or asking a free-text question never
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import time
@@ -53,8 +54,12 @@ from masqclip.modeling.masqclip import MasQCLIP
 logger = logging.getLogger('masqclip')
 
 TASKS = ('instance', 'semantic', 'panoptic')
+PRECISIONS = ('fp32', 'fp16', 'bf16')
+"""Of the torch backend: fp16 on CUDA, bf16 on CPUs with bf16 units (see ``check_precision``)."""
 # x86 bf16 units torch uses: AMX tiles (matrix products) and AVX-512 BF16 (vector dot products).
 BF16_CPU_UNITS = ('amx_bf16', 'avx512_bf16')
+# Layers whose weights autocast casts to bf16 on every call (MultiheadAttention holds no norm).
+BF16_WEIGHT_MODULES = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.MultiheadAttention)
 
 ImageModel = Callable[
     [torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -183,10 +188,13 @@ class Predictor:
         :param backend: 'torch', 'onnxruntime' or 'tensorrt'; the exported backends run the
             image path at the fixed input size of ``frame_size`` frames (H, W), exported once
             and cached in ``engine_cache_dir``.
+        :param precision: one of ``PRECISIONS``: fp16 needs CUDA, bf16 the torch backend on a
+            CPU with bf16 units (``check_precision`` says what to use instead).
         :param options: ``PredictorCfg`` fields.
         """
         from masqclip.factory import build_model, model_name, resolve_checkpoint
 
+        check_precision(precision, device, backend)  # before the model is built
         checkpoint = resolve_checkpoint(model, checkpoint)  # the file the export records
         network, config = build_model(model, checkpoint=checkpoint, clip_weights=clip_weights)
         if backend == 'torch':
@@ -228,10 +236,13 @@ class Predictor:
         precision: str = 'fp32',
         **options: object,
     ) -> Predictor:
-        """Wrap an in-memory ``MasQCLIP`` (torch backend), e.g. during training."""
+        """Wrap an in-memory ``MasQCLIP`` (torch backend), e.g. during training.
+
+        :param precision: see ``check_precision``; bf16 runs on a copy of the image path.
+        """
         network = network.eval().to(device)
         return cls(
-            _torch_image_model(network, device, precision),
+            torch_image_model(network, device, precision),
             network.encode_classes,
             fingerprint_module(network.text),
             config,
@@ -537,13 +548,45 @@ def cpu_bf16_units() -> tuple[str, ...]:
     return tuple(unit for unit in BF16_CPU_UNITS if capabilities.get(unit))
 
 
-def _torch_image_model(network: torch.nn.Module, device: str, precision: str) -> ImageModel:
+def check_precision(precision: str, device: str | torch.device, backend: str = 'torch') -> None:
+    """Refuse, saying what to use instead, a precision this device or backend cannot run:
+    fp16 needs a CUDA device; bf16 the torch backend on a CPU with bf16 units.
+
+    :raises ValueError: naming the reason and the alternative.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+    on_cuda = torch.device(device).type == 'cuda'
+    if precision == 'fp16' and not on_cuda:
+        raise ValueError(
+            'fp16 needs a CUDA device; on the CPU use precision fp32, or bf16 where the CPU has '
+            'bf16 units'
+        )
+    if precision != 'bf16':
+        return
+    if on_cuda:
+        raise ValueError('bf16 is the CPU precision; use fp16 on a CUDA device')
+    if backend != 'torch':
+        raise ValueError(
+            f"bf16 runs on the torch backend only, not {backend}: onnxruntime's CPU kernels "
+            'have no bf16 matrix products on x86'
+        )
+    if not cpu_bf16_units():
+        cpu = torch.cpu.get_capabilities().get('cpu_name', 'this CPU')
+        raise ValueError(
+            f'bf16 needs a CPU with bf16 arithmetic (AVX512-BF16 or AMX); {cpu} has neither, '
+            'and emulated bf16 is slower than fp32: use precision fp32'
+        )
+
+
+def torch_image_model(network: MasQCLIP, device: str, precision: str) -> ImageModel:
+    """``network``'s image path in torch at ``precision`` (see ``check_precision``), with
+    float32 inputs and outputs whatever the precision inside."""
+    check_precision(precision, device)
     if precision == 'fp32':
         return network
-    if precision != 'fp16':
-        raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
-    if torch.device(device).type != 'cuda':
-        raise ValueError('fp16 needs a CUDA device; use precision fp32 on the CPU')
+    if precision == 'bf16':
+        return _bf16_image_model(network)
 
     def run_fp16(
         images: torch.Tensor, image_sizes: torch.Tensor
@@ -552,6 +595,28 @@ def _torch_image_model(network: torch.nn.Module, device: str, precision: str) ->
             return network(images, image_sizes)
 
     return run_fp16
+
+
+def _bf16_image_model(network: MasQCLIP) -> ImageModel:
+    """The image path under CPU bf16 autocast, on a copy whose matrix-product weights are bf16
+    already: autocast alone would cast them again on every frame (about a second of copies
+    for masqclip_r50_vitb16 on two cores). The results are the same, as autocast runs these
+    layers in bf16 anyway; norms, embeddings and buffers stay fp32. The text tower, which
+    stays fp32, is shared rather than copied."""
+    image_path = copy.deepcopy(network, memo={id(network.text): network.text})
+    for part in (image_path.proposer, image_path.mask_clip):
+        for module in part.modules():
+            if isinstance(module, BF16_WEIGHT_MODULES):
+                module.to(torch.bfloat16)
+
+    def run_bf16(
+        images: torch.Tensor, image_sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            outputs = image_path(images, image_sizes)
+        return tuple(t.float() for t in outputs)
+
+    return run_bf16
 
 
 class _Stopwatch:
