@@ -377,7 +377,7 @@ def test_auto_reliability_follows_a_reliable_camera_started_later(tmp_path) -> N
 
 
 def test_compressed_input(tmp_path) -> None:
-    with node_in_namespace(tmp_path, '/jpeg', {'input.compressed': 'true'}) as (_, client):
+    with node_in_namespace(tmp_path, '/jpeg', {'input.compressed': 'true'}) as (process, client):
         camera = client.node.create_publisher(CompressedImage, '/jpeg/image/compressed', QOS)
         ok, jpeg = cv2.imencode('.jpg', image_msg_to_array(image_msg(9))[..., ::-1])
         assert ok
@@ -385,6 +385,21 @@ def test_compressed_input(tmp_path) -> None:
         topic = '/jpeg/masqclip_ns/instances'
         output = first_output(client, topic, lambda: camera.publish(message))
         assert output.header.stamp.sec == 9 and (output.height, output.width) == (H, W)
+        # The decoder's warnings go to the node's rate-limited log (they were Python warnings
+        # on stderr).
+        mislabelled = CompressedImage(header=stamped(10), format='png', data=jpeg.tobytes())
+        warning = (
+            "[jpeg.masqclip_ns]: compressed image: format 'png' says PNG but the data is JPEG"
+        )
+        sent = [0.0]
+
+        def warned() -> bool:
+            if time.monotonic() - sent[0] > 0.5:
+                sent[0] = time.monotonic()
+                camera.publish(mislabelled)
+            return warning in process.log()
+
+        client.spin_until(warned, 15, f'the format warning in the node log\n{process.log()}')
 
 
 def bad_image(kind: str) -> Image:
