@@ -216,3 +216,9 @@ def test_cuda_fp16_predictor_matches_cpu_fp32(tiny_model, rng):
     np.testing.assert_allclose(got.proposals.objectness, want.proposals.objectness, atol=2e-2)
     np.testing.assert_allclose(got.proposals.embeddings, want.proposals.embeddings, atol=2e-2)
     assert (got.semantic == want.semantic).mean() > 0.95
+
+
+def test_find_names_an_empty_negative_query(predictor, rng):
+    result = predictor.predict(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    with pytest.raises(VocabularyError, match='negative query 2 is empty'):
+        predictor.find(result, 'red mug', ['blue mug', '   '])

@@ -394,7 +394,10 @@ class Predictor:
         if result.proposals is None:
             raise ValueError('this result holds no proposals; it did not come from predict()')
         query = validate_query(query)
-        negatives = [validate_query(text) for text in negative_queries]
+        negatives = [
+            validate_query(text, f'negative query {number}')
+            for number, text in enumerate(negative_queries, 1)
+        ]
         prompts = [(query,), *((text,) for text in negatives), (BACKGROUND,)]
         proposals = result.proposals
         with torch.inference_mode():
