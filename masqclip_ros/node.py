@@ -778,8 +778,9 @@ class SegmentationNode(LifecycleNode):
             return Vocabulary.from_yaml(path)
         return Vocabulary.from_names(names)
 
-    def _apply_vocabulary(self, vocabulary: Vocabulary, source: str) -> float:
-        """Make ``vocabulary`` current as a new version; return the text encoding seconds."""
+    def _apply_vocabulary(self, vocabulary: Vocabulary, source: str) -> tuple[float, str | None]:
+        """Make ``vocabulary`` current as a new version; return the text encoding seconds and
+        the warning about words the model does not know (None when it knows them all)."""
         with self._vocabulary_lock:
             seconds = self.predictor.set_vocabulary(vocabulary)
             self.vocabulary_version += 1
@@ -791,7 +792,10 @@ class SegmentationNode(LifecycleNode):
             f'vocabulary version {self.vocabulary_version} from {source}: {len(vocabulary)} '
             f'classes, text encoded in {seconds * 1000:.1f} ms'
         )
-        return seconds
+        unknown = self.predictor.unknown_words_warning(vocabulary)
+        if unknown:
+            self.get_logger().warning(f'vocabulary from {source}: {unknown}')
+        return seconds, unknown
 
     def _change_vocabulary(
         self, entries: list, mode: int, source: str
@@ -815,8 +819,11 @@ class SegmentationNode(LifecycleNode):
             if vocabulary == self.predictor.vocabulary:
                 summary = f'unchanged, {vocabulary_summary(vocabulary)}'
                 return summary, self.vocabulary_version, 0.0
-            seconds = self._apply_vocabulary(vocabulary, source)
-            return vocabulary_summary(vocabulary), self.vocabulary_version, seconds
+            seconds, unknown = self._apply_vocabulary(vocabulary, source)
+            summary = vocabulary_summary(vocabulary)
+            if unknown:  # the caller learns why some classes cannot be found
+                summary = f'{summary}; warning: {unknown}'
+            return summary, self.vocabulary_version, seconds
 
     def _on_set_vocabulary(
         self, request: SetVocabulary.Request, response: SetVocabulary.Response
@@ -921,6 +928,10 @@ class SegmentationNode(LifecycleNode):
         else:
             response.status = FindObjects.Response.NOT_FOUND
             response.message = f'nothing scores at least {request.min_score} for {request.query!r}'
+        unknown = predictor.unknown_words_warning([request.query, *request.negative_queries])
+        if unknown:
+            response.message += f'; warning: {unknown}'
+            self._log('warning', ('find', 'unknown words'), f'find {request.query!r}: {unknown}')
         return response
 
     def _find_frame(

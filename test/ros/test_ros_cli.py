@@ -331,6 +331,8 @@ def test_vocabulary_and_find_services(cli_env, launched, camera):
              '{entries: [{name: mug}, {name: bowl, synonyms: [dish, basin]}], mode: 0}',
              expect='SetVocabulary_Response')  # fmt: skip
     assert 'success=True' in out and f'version={version + 1},' in out, out
+    # The demo model was trained on colour x pattern words only: the caller is told.
+    assert "does not know 'mug', 'bowl', 'dish', 'basin'" in out, out
     assert vocabulary_names(cli_env) == (['mug', 'bowl'], version + 1)
 
     message = echo_instances(cli_env, launched, f'm.vocabulary_version == {version + 1}')
@@ -341,6 +343,8 @@ def test_vocabulary_and_find_services(cli_env, launched, camera):
              'return_masks: false}', expect='FindObjects_Response')  # fmt: skip
     assert 'status=0,' in out and "match(es) for 'red mug'" in out, out
     assert 1 <= out.count("label='red mug'") <= 3, out
+    assert "does not know 'mug':" in out, out
+    assert 'vocabulary from set_vocabulary: this model' in launched.log()
 
 
 def test_param_set_of_live_parameters(cli_env, launched, vocabularies, camera):
