@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,17 @@ def image_msg(sec: int, encoding: str = 'rgb8', seed: int = 0):
             [pixels[:, :, ::-1], np.full(pixels.shape[:2] + (1,), 255, np.uint8)], 2
         )
     return array_to_image_msg(pixels, encoding, stamped(sec))
+
+
+@contextlib.contextmanager
+def serving(process: NodeProcess, namespace: str) -> Iterator[tuple[NodeProcess, Client]]:
+    """``process`` once active, with a client of its own; afterwards both stop, and the node
+    must exit cleanly."""
+    client = Client(f'client{namespace.replace("/", "_")}')
+    try:
+        client.spin_until(lambda: 'active: segmenting' in process.log(), 60,
+                          f'the node to activate\n{process.log()[-2000:]}')  # fmt: skip
+        yield process, client
+    finally:
+        client.close()
+        assert process.stop() == 0, process.log()[-3000:]

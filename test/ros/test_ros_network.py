@@ -16,7 +16,7 @@ pytest.importorskip(
 
 from masqclip_ros.msg import InstanceSegmentation  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from ros_testing import ROOT, Client, NodeProcess, image_msg  # noqa: E402
+from ros_testing import ROOT, NodeProcess, image_msg, serving  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 pytestmark = [
@@ -78,14 +78,8 @@ def node_under(tmp_path, monkeypatch, namespace: str, environment: dict[str, str
         for name, value in environment.items():
             patch.setenv(name, value)
         process = NodeProcess(tmp_path / 'node.log', {}, name='masqclip_net', namespace=namespace)
-    client = Client(f'client{namespace.replace("/", "_")}')
-    try:
-        client.spin_until(lambda: 'active: segmenting' in process.log(), 60,
-                          f'the node to activate\n{process.log()[-2000:]}')  # fmt: skip
-        yield process, client
-    finally:
-        client.close()
-        assert process.stop() == 0, process.log()[-3000:]
+    with serving(process, namespace) as running:
+        yield running
 
 
 def test_the_loopback_profile_binds_loopback_only_and_the_node_still_serves(

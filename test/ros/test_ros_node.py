@@ -27,7 +27,15 @@ from masqclip_ros.msg import (  # noqa: E402
 from masqclip_ros.srv import FindObjects, GetVocabulary, SetVocabulary  # noqa: E402
 from rcl_interfaces.msg import Log  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from ros_testing import LATCHED, Client, NodeProcess, image_msg, scene, stamped  # noqa: E402
+from ros_testing import (  # noqa: E402
+    LATCHED,
+    Client,
+    NodeProcess,
+    image_msg,
+    scene,
+    serving,
+    stamped,
+)
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
@@ -338,14 +346,8 @@ def node_in_namespace(tmp_path, namespace: str, overrides: dict[str, str]):
         name='masqclip_ns',
         namespace=namespace,
     )
-    client = Client(f'client{namespace.replace("/", "_")}')
-    try:
-        client.spin_until(lambda: 'active: segmenting' in process.log(), 60,
-                          f'the node to activate\n{process.log()[-2000:]}')  # fmt: skip
-        yield process, client
-    finally:
-        client.close()
-        assert process.stop() == 0, process.log()[-3000:]
+    with serving(process, namespace) as running:
+        yield running
 
 
 def first_output(client: Client, topic: str, send) -> InstanceSegmentation:
