@@ -19,7 +19,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / 'examples'
 
 
 def shipped_images() -> list[np.ndarray]:
-    paths = sorted(EXAMPLES.glob('**/*.png'))
+    """The shipped 64-px scenes (the sequence's PNGs are label and depth maps)."""
+    paths = [EXAMPLES / 'scene.png', *sorted((EXAMPLES / 'frames').glob('*.png'))]
     assert paths, 'no shipped example images'
     return [np.asarray(Image.open(path).convert('RGB')) for path in paths]
 
