@@ -1,5 +1,6 @@
-"""bf16 on the CPU: the same outputs as fp32 within stated tolerances, and the same scores on
-the demo evaluation set; refused, with the reason, where it cannot run.
+"""bf16 on the CPU (the proposer in bf16, the mask-token CLIP in fp32): the same outputs as
+fp32 within stated tolerances, and the same scores on the demo evaluation set; refused, with
+the reason, where it cannot run.
 
 Why the tolerances are statistical: bf16 keeps 8 bits of mantissa, which moves the proposer's
 mask logits by well under 1 % of their range on average. But Mask2Former's decoder thresholds
@@ -82,8 +83,9 @@ def test_demo_model_outputs_match_fp32(demo_results):
     # Measured on the 40 scenes (640 proposals): every frame's masks agree on >= 99.6 % of
     # the pixels; 98.3 % of the objectness scores move by <= 0.02 and 99.5 % by <= 0.1 (the
     # largest move: 0.79, one query); 98.1 % of the embeddings keep a cosine >= 0.99 (the
-    # lowest: 0.72). Half a grey level of noise on the fp32 input moves them too (objectness
-    # by up to 0.15, cosine down to 0.90): the model itself is that sensitive there.
+    # lowest: 0.72, where that query's mask moved). Half a grey level of noise on the fp32
+    # input moves them too (objectness by up to 0.15, cosine down to 0.90): the model itself
+    # is that sensitive there.
     mask_agreement, objectness_error, cosine = [], [], []
     for fp32, bf16 in zip(demo_results['fp32'], demo_results['bf16'], strict=True):
         fp32, bf16 = fp32.proposals, bf16.proposals
