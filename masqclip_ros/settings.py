@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from masqclip.inference.predictor import PRECISIONS
+
 TASKS = ('instance', 'semantic', 'panoptic')
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
-PRECISIONS = ('fp32', 'fp16')
 RELIABILITIES = ('auto', 'reliable', 'best_effort')
 
 

@@ -151,3 +151,10 @@ def test_rviz_argument_follows_the_namespace_or_says_why_not() -> None:
     else:
         config = action.cmd[-1][0].perform(context)
         assert '/robot/masqclip_node/overlay' in Path(config).read_text()
+
+
+def test_precision_parameter_takes_the_predictors_precisions() -> None:
+    from masqclip.inference.predictor import PRECISIONS as PREDICTOR_PRECISIONS
+
+    spec = next(spec for spec in PARAMETERS if spec.name == 'model.precision')
+    assert tuple(spec.choices) == PREDICTOR_PRECISIONS and 'bf16' in spec.choices
