@@ -84,18 +84,23 @@ def test_launch_file_names_the_installed_executable_and_its_arguments() -> None:
     assert (share / 'config' / 'vocabularies' / 'tabletop.yaml').is_file()
 
 
-def test_launch_description_builds_where_launch_ros_exists() -> None:
-    pytest.importorskip('launch_ros', reason='launch_ros is not installable here (no ros2 launch)')
+def launch_description():
+    """The launch file's LaunchDescription, loaded as ros2 launch loads it."""
     import importlib.util
-
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction
-
-    from launch import LaunchContext
 
     spec = importlib.util.spec_from_file_location('segment_launch', LAUNCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    description = module.generate_launch_description()
+    return module.generate_launch_description()
+
+
+def test_launch_description_builds_where_launch_ros_exists() -> None:
+    pytest.importorskip('launch_ros', reason='launch_ros is not installable here (no ros2 launch)')
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+
+    from launch import LaunchContext
+
+    description = launch_description()
     names = {a.name for a in description.entities if isinstance(a, DeclareLaunchArgument)}
     assert names == ARGUMENTS
     context = LaunchContext()
@@ -130,16 +135,11 @@ def test_rviz_view_names_only_what_the_node_publishes() -> None:
 
 def test_rviz_argument_follows_the_namespace_or_says_why_not() -> None:
     pytest.importorskip('launch_ros', reason='launch_ros is not installable here (no ros2 launch)')
-    import importlib.util
-
     from launch.actions import LogInfo, OpaqueFunction
 
     from launch import LaunchContext
 
-    spec = importlib.util.spec_from_file_location('segment_launch', LAUNCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    description = module.generate_launch_description()
+    description = launch_description()
     make_rviz = [a for a in description.entities if isinstance(a, OpaqueFunction)][-1]
     context = LaunchContext()
     context.launch_configurations.update({'rviz': 'false', 'namespace': 'robot'})
