@@ -1,6 +1,6 @@
 """MasQCLIP: open-vocabulary universal image segmentation (instance, semantic, panoptic)."""
 
-from masqclip.factory import build_model, list_models
+from masqclip.factory import build_model, create_predictor, list_models
 from masqclip.inference.predictor import Predictor, PredictorCfg
 from masqclip.inference.results import Instance, PanopticSegment, SegmentationResult
 from masqclip.inference.vocabulary import Vocabulary, VocabularyEntry
@@ -15,5 +15,6 @@ __all__ = [
     'Vocabulary',
     'VocabularyEntry',
     'build_model',
+    'create_predictor',
     'list_models',
 ]

@@ -1,4 +1,5 @@
-"""Reading and writing weights: this project's checkpoints, CLIP weights, upstream MasQCLIP.
+"""Reading and writing weights: this project's checkpoints, CLIP weights, upstream MasQCLIP,
+and the fingerprints that identify weights (for the text cache and the exports).
 
 This project's checkpoints hold plain tensors and the architecture config, and load with
 ``weights_only=True``. Files from elsewhere that need pickle (the upstream detectron2 ``.pth``)
@@ -8,6 +9,7 @@ go through ``convert_upstream_checkpoint`` once, never through the node.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import logging
 import os
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from masqclip.modeling.masqclip import MasQCLIP
 from masqclip.modeling.proposer import convert_upstream_proposer_state_dict
 
 logger = logging.getLogger('masqclip')
@@ -36,6 +39,24 @@ _UPSTREAM_Q_PROJ = re.compile(
 
 class CheckpointError(RuntimeError):
     """Weights that cannot be loaded; the message says what to do."""
+
+
+def fingerprint_module(module: nn.Module) -> str:
+    """A hash of a module's parameters and buffers (identifies weights for the text cache)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def fingerprint_image_path(network: MasQCLIP) -> str:
+    """A hash of the weights the image path uses (proposer and CLIP image tower, not text):
+    what an export records, so other weights never pick up a stale one."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (network.proposer, network.mask_clip):
+        digest.update(fingerprint_module(part).encode())
+    return digest.hexdigest()
 
 
 def cast_floating(state_dict: Mapping[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:

@@ -28,7 +28,7 @@ COMMANDS = {
         'masqclip.training.evaluate',
         'evaluate a checkpoint: mask AP, PQ, mIoU (all/base/novel), proposal recall',
     ),
-    'export': ('masqclip.export.command', 'export the image path: ONNX graph or TensorRT engine'),
+    'export': ('masqclip.tools.export', 'export the image path: ONNX graph or TensorRT engine'),
     'synth': ('masqclip.data.synthetic', 'write a procedural dataset in COCO formats'),
     'ov-split': ('masqclip.data.ov_split', 'write the open-vocabulary base/novel split'),
 }

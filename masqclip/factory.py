@@ -1,4 +1,6 @@
-"""Named architectures (JSON files in ``model_configs/``) and the single model builder."""
+"""Named architectures (JSON files in ``model_configs/``), the single model builder, and
+``create_predictor``, which assembles a predictor on any backend from a model's name or file.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +8,16 @@ import json
 import logging
 from pathlib import Path
 
-from masqclip.checkpoint import CheckpointError, load_checkpoint, load_clip_weights
+from masqclip.checkpoint import (
+    CheckpointError,
+    fingerprint_module,
+    load_checkpoint,
+    load_clip_weights,
+)
+from masqclip.export import DEFAULT_CACHE_DIR, build_image_model, network_input_size
+from masqclip.inference.predictor import Predictor, PredictorCfg
 from masqclip.modeling.mask_clip import MaskCLIPVisual, build_clip
+from masqclip.modeling.precision import check_precision
 from masqclip.modeling.masqclip import MasQCLIP
 from masqclip.modeling.proposer import MaskProposer, build_proposer
 from masqclip.modeling.text_encoder import TextEncoder
@@ -169,3 +179,62 @@ def load_proposer(checkpoint: str | Path) -> MaskProposer:
             f'checkpoint {checkpoint} holds no proposer of its architecture ({str(error)[:300]})'
         ) from error
     return proposer.eval()
+
+
+def create_predictor(
+    model: str | None = None,
+    checkpoint: str | Path | None = None,
+    clip_weights: str | Path | None = None,
+    device: str = 'cpu',
+    backend: str = 'torch',
+    precision: str = 'fp32',
+    frame_size: tuple[int, int] = (480, 640),
+    engine_cache_dir: str | Path | None = None,
+    onnx_path: str | Path | None = None,
+    **options: object,
+) -> Predictor:
+    """A predictor from a checkpoint (which names its architecture), or from a named
+    architecture (random weights unless ``checkpoint`` or ``clip_weights`` give some); with
+    neither, the shipped demo model.
+
+    :param model: architecture name or JSON path (see ``build_model``).
+    :param checkpoint: this project's checkpoint file, or 'demo'.
+    :param clip_weights: CLIP weights for the towers the checkpoint lacks.
+    :param device: 'cpu' or a CUDA device.
+    :param backend: 'torch', 'onnxruntime' or 'tensorrt'; the exported backends run the
+        image path at the fixed input size of ``frame_size`` frames (H, W), exported once
+        and cached in ``engine_cache_dir``.
+    :param precision: one of ``PRECISIONS``; ``check_precision`` refuses, before anything is
+        built, one this device or backend cannot run, and says what to use instead.
+    :param onnx_path: use (or write) this export instead of one in the cache folder.
+    :param options: ``PredictorCfg`` fields.
+    :raises ValueError: for an unusable precision, backend or option value.
+    :raises CheckpointError: for weights that cannot be loaded.
+    :raises ExportError, BackendUnavailableError: for an exported backend that cannot run.
+    """
+    check_precision(precision, device, backend)
+    checkpoint = resolve_checkpoint(model, checkpoint)  # the file an export records
+    network, config = build_model(model, checkpoint=checkpoint, clip_weights=clip_weights)
+    if backend == 'torch':
+        return Predictor.from_network(network, config, device, precision, **options)
+    image_model = build_image_model(
+        network,
+        config,
+        backend,
+        device,
+        precision,
+        network_input_size(config, *frame_size),
+        engine_cache_dir=engine_cache_dir or DEFAULT_CACHE_DIR,
+        onnx_path=onnx_path,
+        model_name=model_name(model, checkpoint),
+        checkpoint=checkpoint,
+    )
+    text = network.text.eval().to(device)  # only the text tower stays in torch
+    return Predictor(
+        image_model,
+        network.encode_classes,
+        fingerprint_module(text),
+        config,
+        device,
+        PredictorCfg(**options),
+    )

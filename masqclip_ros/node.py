@@ -53,7 +53,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
-from masqclip.factory import DEMO_CHECKPOINT
+from masqclip.factory import DEMO_CHECKPOINT, create_predictor
 from masqclip.inference.predictor import Predictor
 from masqclip.inference.results import SegmentationResult
 from masqclip.inference.vocabulary import Vocabulary, VocabularyError
@@ -377,8 +377,8 @@ class SegmentationNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         started = time.perf_counter()
         try:
-            predictor = Predictor.from_config(**settings.predictor_options())
-        except (OSError, ValueError, TypeError, RuntimeError) as error:
+            predictor = create_predictor(**settings.predictor_options())
+        except (OSError, ValueError, RuntimeError) as error:
             self.get_logger().error(
                 f'configure failed: cannot build the model {model_name(settings)} '
                 f'(backend {settings.backend}, device {settings.device}): {error}'

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from masqclip.inference.predictor import PRECISIONS
+from masqclip.modeling.precision import PRECISIONS
 
 TASKS = ('instance', 'semantic', 'panoptic')
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
@@ -156,7 +156,7 @@ class Settings:
     diagnostics_period_s: float
 
     def predictor_options(self) -> dict[str, object]:
-        """Keyword arguments of ``Predictor.from_config``.
+        """Keyword arguments of ``masqclip.factory.create_predictor``.
 
         :return: model, weights, backend and inference options; unset ones left out.
         """

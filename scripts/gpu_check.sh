@@ -63,7 +63,7 @@ tests=0
 
 log 'bench_gpu at 640x480 (builds the TensorRT fp16 engines)'
 report=docs/benchmarks/gpu_$slug.md
-"$PY" -m masqclip.export.bench_gpu --model masqclip_r50_vitb16 masqclip_r50_vitl14_336 \
+"$PY" -m masqclip.tools.bench_gpu --model masqclip_r50_vitb16 masqclip_r50_vitl14_336 \
   --frame-size 640x480 --runs 30 --engine-cache-dir "${TMPDIR:-/tmp}/masqclip-gpu-cache" \
   --markdown "$report"
 {

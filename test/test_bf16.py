@@ -17,13 +17,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from masqclip.benchmarking import frame_inputs
+from masqclip.tools.benchmarking import frame_inputs
 from masqclip.data.coco import load_coco_panoptic
 from masqclip.data.ov_split import load_split
 from masqclip.data.synthetic import write_dataset
 from masqclip.evaluation.evaluator import SegmentationEvaluator
-from masqclip.inference import predictor as predictor_module
-from masqclip.inference.predictor import Predictor, cpu_bf16_units, torch_image_model
+from masqclip.factory import create_predictor
+from masqclip.inference.predictor import Predictor
+from masqclip.modeling import precision as precision_module
+from masqclip.modeling.precision import cpu_bf16_units, torch_image_model
 from masqclip.inference.results import SegmentationResult
 from masqclip.training.evaluate import dataset_vocabulary
 
@@ -52,7 +54,7 @@ def demo_results(scenes) -> dict[str, list[SegmentationResult]]:
     dataset, _ = scenes
     results = {}
     for precision in ('fp32', 'bf16'):
-        predictor = Predictor.from_config(precision=precision)
+        predictor = create_predictor(precision=precision)
         predictor.set_vocabulary(dataset_vocabulary(dataset))
         results[precision] = [
             predictor.predict(record.load_image(), tasks=TASKS) for record in dataset.records
@@ -131,7 +133,7 @@ def test_bf16_predictor_keeps_the_contract_and_the_network(tiny_model, rng):
 
 
 def test_bf16_is_refused_without_bf16_units(tiny_model, monkeypatch):
-    monkeypatch.setattr(predictor_module, 'cpu_bf16_units', lambda: ())
+    monkeypatch.setattr(precision_module, 'cpu_bf16_units', lambda: ())
     network, config = tiny_model
     with pytest.raises(ValueError, match='bf16 needs a CPU with bf16 arithmetic'):
         Predictor.from_network(network, config, precision='bf16')
@@ -139,8 +141,8 @@ def test_bf16_is_refused_without_bf16_units(tiny_model, monkeypatch):
 
 def test_bf16_is_refused_on_cuda_and_on_exported_backends():
     with pytest.raises(ValueError, match='use fp16 on a CUDA device'):
-        predictor_module.check_precision('bf16', 'cuda')
+        precision_module.check_precision('bf16', 'cuda')
     with pytest.raises(ValueError, match='torch backend only'):
-        Predictor.from_config('test_tiny', backend='onnxruntime', precision='bf16')
+        create_predictor('test_tiny', backend='onnxruntime', precision='bf16')
     with pytest.raises(ValueError, match='precision must be one of'):
-        predictor_module.check_precision('int8', 'cpu')
+        precision_module.check_precision('int8', 'cpu')

@@ -15,7 +15,7 @@ import onnx
 import pytest
 import torch
 
-from masqclip.checkpoint import save_checkpoint
+from masqclip.checkpoint import fingerprint_image_path, fingerprint_module, save_checkpoint
 from masqclip.export import (
     INPUT_NAMES,
     OUTPUT_NAMES,
@@ -25,10 +25,8 @@ from masqclip.export import (
     FixedSizeImageModel,
     InputSizeError,
     build_image_model,
-    command,
     ensure_onnx,
     export_onnx,
-    fingerprint_image_path,
     network_input_size,
     read_onnx_metadata,
 )
@@ -37,8 +35,9 @@ from masqclip.export.onnx import hash_onnx
 from masqclip.export.onnxruntime_backend import OnnxRuntimeImageModel, resolve_providers
 from masqclip.export.progress import Heartbeat
 from masqclip.inference.postprocess import classify_masks
-from masqclip.inference.predictor import Predictor, fingerprint_module
+from masqclip.inference.predictor import Predictor
 from masqclip.inference.vocabulary import Vocabulary
+from masqclip.tools import export as export_command
 
 SIZE = (64, 96)  # (Hp, Wp): the padded input of a 96x64 frame for test_tiny
 HAS_TENSORRT = importlib.util.find_spec('tensorrt') is not None
@@ -191,7 +190,7 @@ def test_exports_of_an_older_graph_version_are_never_reused(tiny_model, tmp_path
     network, config = tiny_model
     with monkeypatch.context() as old:
         old.setattr('masqclip.export.onnx.FORMAT', 'masqclip_ros.image_path/1')
-        old.setattr('masqclip.export.image_model.EXPORT_VERSION', 1)
+        old.setattr('masqclip.export.backends.EXPORT_VERSION', 1)
         stale = ensure_onnx(network, config, SIZE, cache_dir=tmp_path, model_name='test_tiny')
     current = ensure_onnx(network, config, SIZE, cache_dir=tmp_path, model_name='test_tiny')
     assert current != stale and current.is_file()
@@ -211,7 +210,7 @@ def test_export_cache_reuses_a_matching_export_and_refuses_other_weights(
     def no_export(*args: object, **kwargs: object) -> None:
         raise AssertionError('a matching export was exported again')
 
-    monkeypatch.setattr('masqclip.export.image_model.export_onnx', no_export)
+    monkeypatch.setattr('masqclip.export.backends.export_onnx', no_export)
     assert ensure_onnx(network, config, SIZE, cache_dir=tmp_path, model_name='test_tiny') == first
     other = copy.deepcopy(network)
     with torch.no_grad():
@@ -340,8 +339,8 @@ def test_heartbeat_logs_at_its_interval(caplog):
 def _export_command(argv: list[str]) -> int:
     """``masqclip export ...`` as the CLI runs it (the module's parser and ``run``)."""
     parser = argparse.ArgumentParser(prog='masqclip export')
-    command.add_arguments(parser)
-    return command.run(parser.parse_args(argv))
+    export_command.add_arguments(parser)
+    return export_command.run(parser.parse_args(argv))
 
 
 def test_cli_exports_fp16_from_a_checkpoint(tiny_model, tmp_path, capsys):
@@ -451,7 +450,7 @@ def test_onnxruntime_cuda_io_binding_matches_torch(tiny_model, tiny_onnx):
 
 
 def test_gpu_report_names_every_backend_and_the_command():
-    from masqclip.export.bench_gpu import markdown_report
+    from masqclip.tools.bench_gpu import markdown_report
 
     timing = {'fps': 50.0, 'latency_s': 0.02, 'peak_allocated_mib': 900.0}
     run = {
@@ -470,16 +469,16 @@ def test_gpu_report_names_every_backend_and_the_command():
         'tensorrt_fp16_mask_iou_vs_torch_fp32': 0.987,
     }
     missing = {**run, 'tensorrt_unavailable': 'no tensorrt'}
-    text = markdown_report([measured, missing], 'python -m masqclip.export.bench_gpu --runs 3')
+    text = markdown_report([measured, missing], 'python -m masqclip.tools.bench_gpu --runs 3')
     assert text.startswith('# The image path on NVIDIA H200')
     assert '| masqclip_r50_vitb16 | 480x640 | tensorrt_fp16 | 250.0 | 20.0 | 900 |' in text
     assert '| 5.00x | 2.00x | 0.987 |' in text
     assert 'not measured: no tensorrt' in text
-    assert 'python -m masqclip.export.bench_gpu --runs 3' in text
+    assert 'python -m masqclip.tools.bench_gpu --runs 3' in text
 
 
 def test_cpu_benchmark_runs_both_backends_on_a_padded_frame(tmp_path):
-    from masqclip.export.bench import measure_onnxruntime_vs_torch
+    from masqclip.tools.bench_cpu import measure_onnxruntime_vs_torch
 
     figures = measure_onnxruntime_vs_torch('test_tiny', (70, 96), repeats=1, work_dir=tmp_path)
     assert figures['input_size'] == [64, 96]  # 70x96 -> 64x88 content, padded to 64x96

@@ -28,8 +28,7 @@ from masqclip.export import (
 from masqclip.export.engine_cache import digest_path, sha256_file, verify_digests
 from masqclip.export.onnx import hash_onnx, onnx_data_path
 from masqclip.export.onnxruntime_backend import OnnxRuntimeImageModel
-from masqclip.factory import DEMO_CHECKPOINT
-from masqclip.inference.predictor import Predictor
+from masqclip.factory import DEMO_CHECKPOINT, create_predictor
 from masqclip.inference.vocabulary import Vocabulary
 
 SIZE = (64, 96)  # (Hp, Wp) of test_tiny's padded input
@@ -73,7 +72,7 @@ def exports(monkeypatch, pristine_export):
             shutil.copy2(part, path.parent / part.name)
         return path
 
-    monkeypatch.setattr('masqclip.export.image_model.export_onnx', restore)
+    monkeypatch.setattr('masqclip.export.backends.export_onnx', restore)
     return made
 
 
@@ -246,7 +245,7 @@ def test_onnxruntime_refuses_a_foreign_graph_with_the_exports_own_error(tmp_path
 @pytest.fixture(scope='module')
 def demo_scene():
     image = read_image(SCENE)
-    reference = Predictor.from_config()  # the torch backend
+    reference = create_predictor()  # the torch backend
     reference.set_vocabulary(Vocabulary.from_yaml(DEMO_VOCABULARY))
     return image, reference.predict(image)
 
@@ -261,7 +260,7 @@ def test_the_default_model_runs_on_onnxruntime_as_on_torch(demo_scene, demo_cach
     """No checkpoint and 'demo' both mean the shipped file: one export, named after it and
     recording its SHA-256, that segments the shipped scene as torch does."""
     image, expected = demo_scene
-    predictor = Predictor.from_config(
+    predictor = create_predictor(
         checkpoint=checkpoint,
         backend='onnxruntime',
         frame_size=image.shape[:2],

@@ -9,6 +9,7 @@ import pytest
 
 from masqclip.cli import main
 from masqclip.inference.known_words import KnownWords, words_of
+from masqclip.factory import create_predictor
 from masqclip.inference.predictor import Predictor
 from masqclip.inference.vocabulary import Vocabulary
 
@@ -18,7 +19,7 @@ DEMO_VOCABULARY = ROOT / 'config' / 'vocabularies' / 'demo_scenes.yaml'
 
 @pytest.fixture(scope='module')
 def demo() -> Predictor:
-    return Predictor.from_config()
+    return create_predictor()
 
 
 def test_words_are_split_on_punctuation_and_case():

@@ -1,8 +1,8 @@
 """Export of MasQCLIP's vocabulary-free image path and the backends that run it.
 
 ``export_onnx`` writes the graph; ``build_image_model`` returns the image path on onnxruntime
-or TensorRT behind the predictor's ImageModel contract; ``network_input_size`` gives the fixed
-input size for a camera resolution. TensorRT is imported only by ``masqclip.export.tensorrt``.
+or TensorRT behind the ``ImageModel`` contract (``masqclip.modeling``); ``network_input_size``
+gives the fixed input size for a camera resolution. TensorRT is imported only by ``masqclip.export.tensorrt``.
 """
 
 from masqclip.export.canvas import FixedSizeImageModel, network_input_size
@@ -15,12 +15,11 @@ from masqclip.export.errors import (
     ForeignExportError,
     InputSizeError,
 )
-from masqclip.export.image_model import EXPORT_BACKENDS, build_image_model, ensure_onnx
+from masqclip.export.backends import EXPORT_BACKENDS, build_image_model, ensure_onnx
 from masqclip.export.onnx import (
     INPUT_NAMES,
     OUTPUT_NAMES,
     export_onnx,
-    fingerprint_image_path,
     read_onnx_metadata,
 )
 
@@ -41,7 +40,6 @@ __all__ = [
     'build_image_model',
     'ensure_onnx',
     'export_onnx',
-    'fingerprint_image_path',
     'network_input_size',
     'read_onnx_metadata',
 ]

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from masqclip.export.errors import InputSizeError
-from masqclip.inference.predictor import ImageModel
-from masqclip.inference.transforms import plan_resize
+from masqclip.modeling.masqclip import ImageModel
+from masqclip.inference.transforms import PreprocessCfg
 
 logger = logging.getLogger('masqclip')
 
@@ -38,11 +38,7 @@ def network_input_size(config: dict, frame_height: int, frame_width: int) -> tup
     :param config: the architecture's config (its ``preprocess`` entry decides).
     :return: (Hp, Wp), multiples of the size divisibility: the size to export at.
     """
-    pre = config['preprocess']
-    spec = plan_resize(
-        frame_height, frame_width, pre['min_size'], pre['max_size'], pre['size_divisibility']
-    )
-    return spec.padded
+    return PreprocessCfg.of(config).plan(frame_height, frame_width).padded
 
 
 def validate_input_size(config: dict, input_size: tuple[int, int]) -> tuple[int, int]:
@@ -50,7 +46,7 @@ def validate_input_size(config: dict, input_size: tuple[int, int]) -> tuple[int,
 
     :raises InputSizeError: for a side that is not a positive multiple of the divisibility.
     """
-    divisibility = config['preprocess']['size_divisibility']
+    divisibility = PreprocessCfg.of(config).size_divisibility
     height, width = (int(side) for side in input_size)
     if height <= 0 or width <= 0 or height % divisibility or width % divisibility:
         raise InputSizeError(

@@ -44,14 +44,14 @@ from masqclip.export.engine_cache import (
     verify_digests,
 )
 from masqclip.export.errors import DamagedFileError, ExportError, ForeignExportError
-from masqclip.inference.predictor import fingerprint_module
+from masqclip.checkpoint import fingerprint_image_path
 from masqclip.modeling.masqclip import MasQCLIP
+from masqclip.modeling.precision import EXPORT_PRECISIONS
 
 logger = logging.getLogger('masqclip')
 
 INPUT_NAMES = ('images', 'image_sizes')
 OUTPUT_NAMES = ('mask_logits', 'objectness', 'mask_embeddings')
-PRECISIONS = ('fp32', 'fp16')
 # torch's exporter has no implementations below opset 18 (asking for 17 yields 18 anyway).
 DEFAULT_OPSET = 18
 # Version 2: the proposer sees its padding as the pixel-mean colour (the image_sizes input);
@@ -78,14 +78,6 @@ class _HalfImagePath(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         outputs = self.network(images.half(), image_sizes)
         return tuple(t.float() for t in outputs)
-
-
-def fingerprint_image_path(network: MasQCLIP) -> str:
-    """A hash of the weights the image path uses (proposer and CLIP image tower, not text)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for part in (network.proposer, network.mask_clip):
-        digest.update(fingerprint_module(part).encode())
-    return digest.hexdigest()
 
 
 def onnx_data_path(path: str | Path) -> Path:
@@ -160,8 +152,8 @@ def export_onnx(
     """
     import onnx
 
-    if precision not in PRECISIONS:
-        raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f'precision must be one of {EXPORT_PRECISIONS}, got {precision!r}')
     if opset < DEFAULT_OPSET:
         raise ValueError(
             f'opset must be >= {DEFAULT_OPSET} (torch exports nothing older), got {opset}'

@@ -7,8 +7,6 @@ vocabulary-free, so changing the vocabulary or asking a free-text question never
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -40,7 +38,7 @@ from masqclip.inference.transforms import (
     ResizeSpec,
     crop_mask_logits,
     image_to_tensor,
-    plan_resize,
+    PreprocessCfg,
     validate_image,
 )
 from masqclip.inference.vocabulary import (
@@ -49,26 +47,13 @@ from masqclip.inference.vocabulary import (
     Vocabulary,
     validate_query,
 )
-from masqclip.modeling.masqclip import MasQCLIP
+from masqclip.checkpoint import fingerprint_module
+from masqclip.modeling.masqclip import ImageModel, MasQCLIP
+from masqclip.modeling.precision import torch_image_model
 
 logger = logging.getLogger('masqclip')
 
 TASKS = ('instance', 'semantic', 'panoptic')
-PRECISIONS = ('fp32', 'fp16', 'bf16')
-"""Of the torch backend: fp16 on CUDA, bf16 on CPUs with bf16 units (see ``check_precision``)."""
-# x86 bf16 units torch uses: AMX tiles (matrix products) and AVX-512 BF16 (vector dot products).
-BF16_CPU_UNITS = ('amx_bf16', 'avx512_bf16')
-# Layers whose weights autocast casts to bf16 on every call (MultiheadAttention holds no norm).
-BF16_WEIGHT_MODULES = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.MultiheadAttention)
-
-ImageModel = Callable[
-    [torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-]
-"""(images [B, 3, Hp, Wp] (RGB 0-255, black padding), image sizes int [B, 2] (the (h, w) of
-the content before padding)) -> mask logits [B, Q, Hp/4, Wp/4], objectness [B, Q], mask
-embeddings [B, Q, D]: the vocabulary-free image path, whatever backend runs it."""
-
-
 @dataclass(frozen=True)
 class PredictorCfg:
     """Inference options; ``None`` thresholds take the model config's values.
@@ -117,15 +102,6 @@ def validate_tasks(tasks: Collection[str]) -> frozenset[str]:
     return frozenset(tasks)
 
 
-def fingerprint_module(module: torch.nn.Module) -> str:
-    """A hash of a module's parameters and buffers (identifies weights for the text cache)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 class Predictor:
     """Runs MasQCLIP on numpy images for the current vocabulary.
 
@@ -151,7 +127,7 @@ class Predictor:
         self.model_config = model_config
         self.device = torch.device(device)
         self._image_model = image_model
-        self._preprocess = model_config['preprocess']
+        self._preprocess = PreprocessCfg.of(model_config)
         defaults = model_config.get('inference', {})
         self._object_mask_threshold = _first(
             self.cfg.object_mask_threshold, defaults.get('object_mask_threshold'), 0.3
@@ -166,66 +142,6 @@ class Predictor:
         )
         self.known_words = KnownWords.from_config(model_config)
         self._active = self._activate(Vocabulary(()))
-
-    @classmethod
-    def from_config(
-        cls,
-        model: str | None = None,
-        checkpoint: str | None = None,
-        clip_weights: str | None = None,
-        device: str = 'cpu',
-        backend: str = 'torch',
-        precision: str = 'fp32',
-        frame_size: tuple[int, int] = (480, 640),
-        engine_cache_dir: str | None = None,
-        onnx_path: str | None = None,
-        **options: object,
-    ) -> Predictor:
-        """Build a predictor from a checkpoint (which names its architecture), or from a named
-        architecture (random weights unless ``checkpoint`` or ``clip_weights`` give some); with
-        neither, the shipped demo model.
-
-        :param backend: 'torch', 'onnxruntime' or 'tensorrt'; the exported backends run the
-            image path at the fixed input size of ``frame_size`` frames (H, W), exported once
-            and cached in ``engine_cache_dir``.
-        :param precision: one of ``PRECISIONS``: fp16 needs CUDA, bf16 the torch backend on a
-            CPU with bf16 units (``check_precision`` says what to use instead).
-        :param options: ``PredictorCfg`` fields.
-        """
-        from masqclip.factory import build_model, model_name, resolve_checkpoint
-
-        check_precision(precision, device, backend)  # before the model is built
-        checkpoint = resolve_checkpoint(model, checkpoint)  # the file the export records
-        network, config = build_model(model, checkpoint=checkpoint, clip_weights=clip_weights)
-        if backend == 'torch':
-            return cls.from_network(network, config, device, precision, **options)
-        from masqclip.export import (
-            DEFAULT_CACHE_DIR,
-            build_image_model,
-            network_input_size,
-        )
-
-        image_model = build_image_model(
-            network,
-            config,
-            backend,
-            device,
-            precision,
-            network_input_size(config, *frame_size),
-            engine_cache_dir=engine_cache_dir or DEFAULT_CACHE_DIR,
-            onnx_path=onnx_path,
-            model_name=model_name(model, checkpoint),
-            checkpoint=checkpoint,
-        )
-        text = network.text.eval().to(device)  # only the text tower stays in torch
-        return cls(
-            image_model,
-            network.encode_classes,
-            fingerprint_module(text),
-            config,
-            device=device,
-            cfg=PredictorCfg(**options),
-        )
 
     @classmethod
     def from_network(
@@ -358,12 +274,7 @@ class Predictor:
         image = validate_image(image)
         if color == 'bgr':
             image = image[..., ::-1]
-        spec = plan_resize(
-            *image.shape[:2],
-            self._preprocess['min_size'],
-            self._preprocess['max_size'],
-            self._preprocess['size_divisibility'],
-        )
+        spec = self._preprocess.plan(*image.shape[:2])
         image_sizes = torch.tensor([spec.resized], device=self.device)
         return image_to_tensor(image, spec).to(self.device), image_sizes, spec
 
@@ -542,96 +453,6 @@ def _render(logits: torch.Tensor) -> RenderedMask:
 
 def _first(*values: object) -> object:
     return next(v for v in values if v is not None)
-
-
-def cpu_bf16_units() -> tuple[str, ...]:
-    """The bf16 arithmetic units of this CPU among ``BF16_CPU_UNITS``; empty where bf16 would
-    be emulated (slower than fp32 itself)."""
-    capabilities = torch.cpu.get_capabilities()
-    return tuple(unit for unit in BF16_CPU_UNITS if capabilities.get(unit))
-
-
-def check_precision(precision: str, device: str | torch.device, backend: str = 'torch') -> None:
-    """Refuse, saying what to use instead, a precision this device or backend cannot run:
-    fp16 needs a CUDA device; bf16 the torch backend on a CPU with bf16 units.
-
-    :raises ValueError: naming the reason and the alternative.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
-    on_cuda = torch.device(device).type == 'cuda'
-    if precision == 'fp16' and not on_cuda:
-        raise ValueError(
-            'fp16 needs a CUDA device; on the CPU use precision fp32, or bf16 where the CPU has '
-            'bf16 units'
-        )
-    if precision != 'bf16':
-        return
-    if on_cuda:
-        raise ValueError('bf16 is the CPU precision; use fp16 on a CUDA device')
-    if backend != 'torch':
-        raise ValueError(
-            f"bf16 runs on the torch backend only, not {backend}: onnxruntime's CPU kernels "
-            'have no bf16 matrix products on x86'
-        )
-    if not cpu_bf16_units():
-        cpu = torch.cpu.get_capabilities().get('cpu_name', 'this CPU')
-        raise ValueError(
-            f'bf16 needs a CPU with bf16 arithmetic (AVX512-BF16 or AMX); {cpu} has neither, '
-            'and emulated bf16 is slower than fp32: use precision fp32'
-        )
-
-
-def torch_image_model(network: MasQCLIP, device: str, precision: str) -> ImageModel:
-    """``network``'s image path in torch at ``precision`` (see ``check_precision``), with
-    float32 inputs and outputs whatever the precision inside."""
-    check_precision(precision, device)
-    if precision == 'fp32':
-        return network
-    if precision == 'bf16':
-        return _bf16_image_model(network)
-
-    def run_fp16(
-        images: torch.Tensor, image_sizes: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        with torch.autocast('cuda', dtype=torch.float16):
-            return network(images, image_sizes)
-
-    return run_fp16
-
-
-def _bf16_image_model(network: MasQCLIP) -> ImageModel:
-    """The image path with its proposer (three quarters of the FLOPs of masqclip_r50_vitb16)
-    in bf16, float32 in and out.
-
-    The mask-token CLIP stays float32: in bf16 its embeddings move enough (1 - cos about 1e-5,
-    times CLIP's logit scale of 100) to flip near-tied class decisions, which moved PQ and
-    mIoU by up to 1.3 points on 40 demo scenes (0.3 with it in float32). The proposer runs on a
-    copy whose matrix-product weights are bf16 already: autocast alone would cast them again
-    on every frame (about a second of copies for masqclip_r50_vitb16 on two cores), for the
-    same numbers. The text tower and the CLIP tower are shared, not copied.
-    """
-    shared = {id(network.text): network.text, id(network.mask_clip): network.mask_clip}
-    image_path = copy.deepcopy(network, memo=shared)
-    for module in image_path.proposer.modules():
-        if isinstance(module, BF16_WEIGHT_MODULES):
-            module.to(torch.bfloat16)
-    image_path.proposer = _Bf16Proposer(image_path.proposer)
-    return image_path
-
-
-class _Bf16Proposer(torch.nn.Module):
-    """A proposer under CPU bf16 autocast, its final predictions (all the image path reads)
-    back in float32, so objectness is soft-maxed in float32."""
-
-    def __init__(self, proposer: torch.nn.Module) -> None:
-        super().__init__()
-        self.proposer = proposer
-
-    def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            proposals = self.proposer(images, image_sizes)
-        return {key: proposals[key].float() for key in ('pred_logits', 'pred_masks')}
 
 
 class _Stopwatch:

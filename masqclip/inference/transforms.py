@@ -10,6 +10,7 @@ of the padded size and are mapped back to the original image here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +71,30 @@ class ResizeSpec:
     original: tuple[int, int]
     resized: tuple[int, int]
     padded: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PreprocessCfg:
+    """An architecture's input geometry: the ``preprocess`` section of its config.
+
+    :param min_size: the short side after resizing.
+    :param max_size: the long side's limit (the short one shrinks to keep the aspect).
+    :param size_divisibility: the network input is zero-padded to multiples of this.
+    """
+
+    min_size: int
+    max_size: int
+    size_divisibility: int
+
+    @classmethod
+    def of(cls, config: Mapping) -> PreprocessCfg:
+        """The geometry of an architecture config."""
+        pre = config['preprocess']
+        return cls(pre['min_size'], pre['max_size'], pre['size_divisibility'])
+
+    def plan(self, height: int, width: int) -> ResizeSpec:
+        """How an image of (height, width) maps onto the network input."""
+        return plan_resize(height, width, self.min_size, self.max_size, self.size_divisibility)
 
 
 def plan_resize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,17 @@ from masqclip.modeling.text_encoder import TextEncoder
 # OpenAI CLIP's normalisation of 0-1 RGB.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ImageModel(Protocol):
+    """The vocabulary-free image path, whatever runs it: ``MasQCLIP`` itself (the reference),
+    its bf16 copy, or an exported onnxruntime or TensorRT graph."""
+
+    def __call__(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(images [B, 3, Hp, Wp] (RGB 0-255, black padding), image sizes int64 [B, 2] (the
+        (h, w) of the content before padding)) -> mask logits [B, Q, Hp/4, Wp/4], objectness
+        [B, Q], L2-normalised mask embeddings [B, Q, D], all float32."""
+        ...
 
 
 class MasQCLIP(nn.Module):

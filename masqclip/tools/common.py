@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from masqclip.factory import list_models
+from masqclip.factory import create_predictor, list_models
 from masqclip.inference.predictor import TASKS, Predictor
 from masqclip.inference.vocabulary import Vocabulary, VocabularyError
 
@@ -47,7 +47,7 @@ def vocabulary_from_args(args: argparse.Namespace) -> Vocabulary:
 
 
 def predictor_from_args(args: argparse.Namespace, **options: object) -> Predictor:
-    return Predictor.from_config(
+    return create_predictor(
         args.model,
         checkpoint=args.checkpoint,
         clip_weights=args.clip_weights,

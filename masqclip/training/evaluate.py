@@ -30,7 +30,7 @@ from masqclip.data.ov_split import CategorySplit
 from masqclip.evaluation.evaluator import SegmentationEvaluator
 from masqclip.factory import build_model
 from masqclip.inference.predictor import TASKS, Predictor
-from masqclip.inference.transforms import image_to_tensor, mask_logits_to_image, plan_resize
+from masqclip.inference.transforms import PreprocessCfg, image_to_tensor, mask_logits_to_image
 from masqclip.inference.vocabulary import Vocabulary, VocabularyEntry
 from masqclip.modeling.masqclip import MasQCLIP
 from masqclip.training import distributed
@@ -68,7 +68,7 @@ def proposal_recall(
     """
     was_training = network.proposer.training
     proposer = network.proposer.eval().to(device)
-    pre = config['preprocess']
+    preprocess = PreprocessCfg.of(config)
     names = {c.id: c.name for c in dataset.categories}
     groups = {'': None}
     if split is not None:
@@ -78,9 +78,7 @@ def proposal_recall(
     records = dataset.records[:max_images] if max_images else dataset.records
     for record in distributed.shard(records):
         image = record.load_image()
-        spec = plan_resize(
-            *image.shape[:2], pre['min_size'], pre['max_size'], pre['size_divisibility']
-        )
+        spec = preprocess.plan(*image.shape[:2])
         image_sizes = torch.tensor([spec.resized], device=device)
         logits = proposer(image_to_tensor(image, spec).to(device), image_sizes)['pred_masks'][0]
         masks = (mask_logits_to_image(logits.float(), spec) > 0).flatten(1).float()

@@ -154,7 +154,7 @@ def test_rviz_argument_follows_the_namespace_or_says_why_not() -> None:
 
 
 def test_precision_parameter_takes_the_predictors_precisions() -> None:
-    from masqclip.inference.predictor import PRECISIONS as PREDICTOR_PRECISIONS
+    from masqclip.modeling.precision import PRECISIONS as PREDICTOR_PRECISIONS
 
     spec = next(spec for spec in PARAMETERS if spec.name == 'model.precision')
     assert tuple(spec.choices) == PREDICTOR_PRECISIONS and 'bf16' in spec.choices

@@ -1,7 +1,7 @@
 """GPU throughput of the image path at a camera resolution: torch fp32, torch fp16 (autocast,
 as the predictor runs it) and TensorRT fp16, with GPU memory; for a machine with a GPU.
 
-    python -m masqclip.export.bench_gpu --model masqclip_r50_vitb16 masqclip_r50_vitl14_336 \\
+    python -m masqclip.tools.bench_gpu --model masqclip_r50_vitb16 masqclip_r50_vitl14_336 \\
         --markdown docs/benchmarks/gpu_<gpu>.md
 
 Random weights are fine for timing. FPS counts image-path runs on a frame already on the GPU
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from masqclip.benchmarking import frame_inputs
-from masqclip.export.command import parse_frame_size
+from masqclip.tools.benchmarking import frame_inputs
+from masqclip.tools.export import parse_frame_size
 from masqclip.export.engine_cache import DEFAULT_CACHE_DIR
 from masqclip.export.errors import BackendUnavailableError
-from masqclip.export.image_model import build_image_model
+from masqclip.export.backends import build_image_model
 from masqclip.factory import build_model
 
 MIB = 2**20
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(figures, indent=1))
     if args.markdown:
-        command = 'python -m masqclip.export.bench_gpu ' + ' '.join(
+        command = 'python -m masqclip.tools.bench_gpu ' + ' '.join(
             sys.argv[1:] if argv is None else argv
         )
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)

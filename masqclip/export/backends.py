@@ -1,4 +1,4 @@
-"""One entry point for the exported backends: an ImageModel for the predictor.
+"""The exported backends behind one entry point: an ImageModel for the predictor.
 
 ``build_image_model`` makes sure an intact export of the right weights, size and precision
 exists (reusing one from the cache folder, or exporting it when there is none or it is
@@ -12,22 +12,19 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from masqclip.export.canvas import FixedSizeImageModel, validate_input_size
 from masqclip.export.engine_cache import DEFAULT_CACHE_DIR, digest_path, verify_digests
+from masqclip.checkpoint import fingerprint_image_path
 from masqclip.export.errors import DamagedFileError, ExportError
 from masqclip.export.onnx import (
     EXPORT_VERSION,
-    PRECISIONS,
     check_export_digests,
     check_onnx_metadata,
     export_input_size,
     export_onnx,
-    fingerprint_image_path,
 )
-from masqclip.inference.predictor import ImageModel
-from masqclip.modeling.masqclip import MasQCLIP
+from masqclip.modeling.masqclip import ImageModel, MasQCLIP
+from masqclip.modeling.precision import check_precision
 
 logger = logging.getLogger('masqclip')
 
@@ -58,8 +55,6 @@ def ensure_onnx(
         a missing one without a network to export it from.
     :raises DamagedFileError: for an ``onnx_path`` whose files differ from their digests.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
     if input_size is not None:
         input_size = validate_input_size(config, input_size)
     weights = fingerprint_image_path(network) if network is not None else None
@@ -137,7 +132,7 @@ def build_image_model(
     :param config: the architecture config.
     :param backend: 'onnxruntime' or 'tensorrt' (the torch backend needs no export).
     :param device: 'cpu' (onnxruntime only) or a CUDA device.
-    :param precision: 'fp32' or 'fp16' (fp16 needs a CUDA device).
+    :param precision: 'fp32' or 'fp16' (see ``check_precision``).
     :param input_size: (Hp, Wp) padded network input, see ``network_input_size``; None takes
         the size of an existing ``onnx_path``.
     :param engine_cache_dir: exports, TensorRT engines and timing caches live here.
@@ -158,11 +153,7 @@ def build_image_model(
             f'backend must be one of {EXPORT_BACKENDS} here, got {backend!r}; '
             'the torch backend runs the network itself'
         )
-    if precision not in PRECISIONS:
-        raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
-    on_gpu = torch.device(device).type == 'cuda'
-    if precision == 'fp16' and not on_gpu:
-        raise ValueError('fp16 needs a CUDA device; use precision fp32 on the CPU')
+    check_precision(precision, device, backend)
     if backend == 'tensorrt':
         from masqclip.export.tensorrt import import_tensorrt, require_cuda_device
 

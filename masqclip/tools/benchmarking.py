@@ -16,7 +16,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from masqclip.inference.transforms import plan_resize
+from masqclip.inference.transforms import PreprocessCfg
 
 GEMM_SIZE = 4096
 
@@ -47,8 +47,7 @@ def frame_inputs(
     """An image-path input as the predictor makes it for a camera frame of ``frame_size``
     (H, W): the network-input canvas with random content and black padding, and the content's
     size (images [1, 3, Hp, Wp], image sizes [1, 2])."""
-    pre = config['preprocess']
-    plan = plan_resize(*frame_size, pre['min_size'], pre['max_size'], pre['size_divisibility'])
+    plan = PreprocessCfg.of(config).plan(*frame_size)
     (h, w), generator = plan.resized, torch.Generator().manual_seed(seed)
     images = torch.zeros(1, 3, *plan.padded)
     images[..., :h, :w] = torch.rand(1, 3, h, w, generator=generator) * 255

@@ -15,7 +15,7 @@ import torch
 
 from masqclip.export.canvas import network_input_size
 from masqclip.export.engine_cache import DEFAULT_CACHE_DIR
-from masqclip.export.image_model import ensure_onnx
+from masqclip.export.backends import ensure_onnx
 from masqclip.export.onnx import DEFAULT_OPSET, export_input_size, export_onnx, read_onnx_metadata
 from masqclip.tools.common import add_model_arguments
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from masqclip.benchmarking import (
+from masqclip.tools.benchmarking import (
     GEMM_SIZE,
     frame_inputs,
     gemm,
@@ -27,7 +27,8 @@ from masqclip.benchmarking import (
 from masqclip.export.onnx import export_onnx
 from masqclip.export.onnxruntime_backend import OnnxRuntimeImageModel
 from masqclip.factory import build_model
-from masqclip.inference.predictor import ImageModel, cpu_bf16_units, torch_image_model
+from masqclip.modeling.masqclip import ImageModel
+from masqclip.modeling.precision import cpu_bf16_units, torch_image_model
 
 
 def measure_onnxruntime_vs_torch(
