@@ -54,51 +54,54 @@ def is_main_process() -> bool:
     return rank_and_world()[0] == 0
 
 
-def _local_device(name: str) -> torch.device:
-    """The device of this rank under a launcher: GPU ``LOCAL_RANK`` or the CPU."""
-    world = int(os.environ['WORLD_SIZE'])
-    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
-    kind = torch.device('cuda' if torch.cuda.is_available() else 'cpu') if name == 'auto' else None
-    kind = kind or torch.device(name)
-    if kind.type == 'cpu':
-        return kind
-    if kind.type != 'cuda':
-        raise RecipeError(f'device {name!r}: torchrun runs support cpu, cuda or auto')
-    if not torch.cuda.is_available():
+def _named_device(name: str) -> torch.device:
+    """'auto' = CUDA when present, else the CPU; otherwise the torch device ``name`` names."""
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    device = torch.device(name)
+    if device.type == 'cuda' and not torch.cuda.is_available():
         raise RecipeError(f'device {name!r} but CUDA is not available: use auto or cpu')
-    if kind.index is not None and world > 1:
+    return device
+
+
+def _rank_device(name: str, device: torch.device) -> torch.device:
+    """This rank's share of ``device`` under a launcher: GPU ``LOCAL_RANK``, or the CPU."""
+    if device.type == 'cpu':
+        return device
+    if device.type != 'cuda':
+        raise RecipeError(f'device {name!r}: torchrun runs support cpu, cuda or auto')
+    world = int(os.environ['WORLD_SIZE'])
+    if device.index is not None and world > 1:
         raise RecipeError(
             f'device {name!r} names one GPU, but torchrun started {world} processes: use cuda '
             'or auto (each process takes GPU LOCAL_RANK; choose GPUs with CUDA_VISIBLE_DEVICES)'
         )
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
     if local_rank >= torch.cuda.device_count():
         raise RecipeError(
             f'LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs are visible: '
             'start at most that many processes per machine (--nproc-per-node)'
         )
-    return torch.device('cuda', local_rank if kind.index is None else kind.index)
+    return torch.device('cuda', local_rank if device.index is None else device.index)
 
 
 def setup_device(name: str) -> torch.device:
-    """The device this process computes on; under torchrun, join the process group first.
+    """The device this process computes on, the one place that decides it (training and
+    evaluation, one process or torchrun alike); under torchrun, join the process group first.
 
-    Without a launcher: 'auto' = CUDA when present, else the CPU; otherwise a torch device
-    string. Under torchrun: 'auto' / 'cuda' = GPU ``LOCAL_RANK`` (backend NCCL), 'cpu' = the
-    CPU (backend gloo). Ranks other than 0 log warnings and errors only. Calling it again (or
-    with a group set up by the caller) joins nothing new.
+    'auto' = CUDA when present, else the CPU; otherwise a torch device string. Under torchrun:
+    'auto' / 'cuda' = GPU ``LOCAL_RANK`` (backend NCCL), 'cpu' = the CPU (backend gloo). Ranks
+    other than 0 log warnings and errors only. Calling it again (or with a group set up by the
+    caller) joins nothing new.
 
     :param name: 'auto', 'cpu', 'cuda' or 'cuda:N' (one process only).
     :raises RecipeError: CUDA asked for but absent, or one GPU named for several processes.
     """
     global _owns_group
+    device = _named_device(name)
     if not launched():
-        if name == 'auto':
-            return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-        device = torch.device(name)
-        if device.type == 'cuda' and not torch.cuda.is_available():
-            raise RecipeError(f'device {name!r} but CUDA is not available: use auto or cpu')
         return device
-    device = _local_device(name)
+    device = _rank_device(name, device)
     if device.type == 'cuda':
         torch.cuda.set_device(device)
     if not is_distributed():
