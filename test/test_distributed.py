@@ -31,7 +31,7 @@ from masqclip.checkpoint import read_checkpoint
 from masqclip.data.coco import ImageRecord
 from masqclip.data.synthetic import SceneCfg, write_dataset
 from masqclip.evaluation import InstancePredictions, SegmentationEvaluator
-from masqclip.training import cli, distributed, engine, evaluate
+from masqclip.training import cli, distributed, engine, evaluate, run
 from masqclip.training.data import load_category_split, load_dataset
 
 WORKER = '--worker'
@@ -222,7 +222,7 @@ def weights(path: Path, prefix: str) -> dict[str, torch.Tensor]:
 def stage2_start(run_dir: Path) -> dict[str, torch.Tensor]:
     """The weights a stage-2 run started from: its network built again as the run built it
     (the same seed; the stage-1 file holds the proposer only, the rest is initialised)."""
-    recipe = yaml.safe_load((run_dir / engine.CONFIG_FILE).read_text())
+    recipe = yaml.safe_load((run_dir / run.CONFIG_FILE).read_text())
     torch.manual_seed(int(recipe['train']['seed']))
     network, _ = engine.build_network(recipe['model'])
     return network.state_dict()

@@ -61,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from masqclip.training.engine import resolve_recipe
     from masqclip.training.recipe import RecipeError
+    from masqclip.training.run import resolve_recipe
 
     module_name, function, default_recipe = STAGES[args.stage]
     recipe, run_dir = resolve_recipe(

@@ -11,9 +11,9 @@ one another (see ``contrastive_loss``). Settings: ``masqclip/recipes/demo_clip.y
 was measured with them: design/demo-notes.md.
 
 Files in the run folder: ``config.yaml``, ``last.pt`` (resumable), ``metrics.csv``,
-``eval.csv`` (zero-shot accuracy), ``curves.png``; the weights, a plain open_clip state dict
-that ``build_model(name, clip_weights=PATH)`` loads, go to ``weights_file``
-(default ``<run folder>/clip.pt``).
+``eval.csv`` (zero-shot accuracy), ``curves.png`` (``run.py``); the weights, a plain open_clip
+state dict that ``build_model(name, clip_weights=PATH)`` loads, go to ``weights_file``
+(default ``<run folder>/clip.pt``). It trains in one process (not under torchrun).
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ from masqclip.data.synthetic import CATEGORIES, STUFF_NAMES, THING_NAMES, SceneC
 from masqclip.factory import get_model_config
 from masqclip.modeling.mask_clip import build_clip
 from masqclip.modeling.masqclip import CLIP_MEAN, CLIP_STD
-from masqclip.training import engine
+from masqclip.training import distributed, engine
 from masqclip.training.recipe import RecipeError, require
+from masqclip.training.run import Run, resolve_recipe, setup_process
 
 logger = logging.getLogger('masqclip')
 
@@ -281,8 +282,9 @@ def train_clip(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
     model_cfg, data, train, eval_cfg = (recipe[k] for k in SECTIONS)
     if not 0.0 <= float(data['single_object_fraction']) <= 1.0:
         raise RecipeError('data.single_object_fraction must be between 0 and 1')
-    engine.configure_threads(int(train['num_threads']))
-    device = engine.resolve_device(train['device'])
+    if distributed.launched():
+        raise RuntimeError('CLIP pretraining runs in one process: start it without torchrun')
+    device = setup_process(train)
     config = get_model_config(model_cfg['name'])
     seed = int(train['seed'])
     torch.manual_seed(seed)
@@ -293,44 +295,10 @@ def train_clip(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
     with torch.no_grad():
         clip.logit_scale.fill_(math.log(init_scale))
     image_size = int(clip.visual.image_size[0])
-    state, start = engine.resume_weights(run_dir, resume, clip, 'CLIP pretraining')
-    clip.to(device).train()
     tokenizer = SimpleTokenizer(context_length=clip.context_length)
-    optimizer = make_optimizer(clip, train)
-    if state is not None and start > 0:
-        optimizer.load_state_dict(state['optimizer'])
-        engine.restore_rng_state(state['rng'])
-
-    engine.start_run(recipe, run_dir)
-    train_log = engine.MetricsLog(run_dir / engine.METRICS_FILE, start if resume else None)
-    eval_log = engine.MetricsLog(run_dir / engine.EVAL_FILE, start if resume else None)
     eval_sets = make_zero_shot_sets(
         image_size, int(eval_cfg['num_things']), int(eval_cfg['num_stuff']), seed
     )
-    batches = caption_batches(
-        tokenizer,
-        int(train['batch_size']),
-        image_size,
-        float(data['single_object_fraction']),
-        int(data['max_objects']),
-        seed,
-        start,
-    )
-    phase = engine.Phase('clip', int(train['steps']), train)
-
-    def step_fn(batch: CaptionBatch) -> tuple[Tensor, dict[str, float]]:
-        with torch.no_grad():
-            clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-        image = clip.encode_image(batch.images, normalize=True)
-        text = clip.encode_text(batch.tokens, normalize=True)
-        loss = contrastive_loss(image, text, clip.logit_scale, batch.caption_ids)
-        return loss, {
-            'loss': float(loss.detach()),
-            'logit_scale': float(clip.logit_scale.detach().exp()),
-        }
-
-    def save_fn(step: int) -> None:
-        engine.save_state(run_dir / engine.STATE_FILE, clip, config, recipe, optimizer, step=step)
 
     def encode_text(names: list[str]) -> Tensor:
         return clip.encode_text(tokenizer(names).to(device))
@@ -347,32 +315,46 @@ def train_clip(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
         clip.train(was_training)
         return metrics
 
-    def eval_fn(global_step: int) -> None:
-        engine.run_eval(evaluate_now, global_step, eval_log, train_log, run_dir)
-
-    engine.fit(
-        phase,
-        start,
-        batches,
-        step_fn,
-        optimizer,
-        device,
-        train_log,
-        save_fn,
-        eval_fn if eval_sets else None,
-        int(eval_cfg['every']),
+    run = Run(
+        recipe,
+        run_dir,
+        resume,
+        network=clip,
+        config=config,
+        phases=[engine.Phase('clip', int(train['steps']), train)],
+        device=device,
+        evaluate=evaluate_now if eval_sets else None,
     )
+    clip.to(device).train()
+    batches = caption_batches(
+        tokenizer,
+        int(train['batch_size']),
+        image_size,
+        float(data['single_object_fraction']),
+        int(data['max_objects']),
+        seed,
+        run.steps_done(0),
+    )
+
+    def step_fn(batch: CaptionBatch) -> tuple[Tensor, dict[str, float]]:
+        with torch.no_grad():
+            clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        image = clip.encode_image(batch.images, normalize=True)
+        text = clip.encode_text(batch.tokens, normalize=True)
+        loss = contrastive_loss(image, text, clip.logit_scale, batch.caption_ids)
+        return loss, {
+            'loss': float(loss.detach()),
+            'logit_scale': float(clip.logit_scale.detach().exp()),
+        }
+
+    run.fit(0, batches, step_fn, make_optimizer(clip, train))
     with torch.no_grad():
         clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-    save_fn(phase.steps)
     weights = (
         Path(recipe['weights_file']) if recipe.get('weights_file') else (run_dir / WEIGHTS_FILE)
     )
-    if engine.is_main_process():
-        save_clip_weights(weights, clip, str(recipe['weights_dtype']))
-    if eval_sets:
-        engine.run_eval(evaluate_now, phase.steps, eval_log, train_log, run_dir)
-    engine.plot_metrics(train_log, eval_log, run_dir / engine.PLOT_FILE)
+    save_clip_weights(weights, clip, str(recipe['weights_dtype']))
+    run.finish()
     logger.info('CLIP pretraining done: %s', weights)
     return weights
 
@@ -386,7 +368,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Pretrain the demo CLIP contrastively on procedural scenes."""
-    recipe, run_dir = engine.resolve_recipe(
+    recipe, run_dir = resolve_recipe(
         args.recipe or DEFAULT_RECIPE, args.overrides, args.out, args.resume
     )
     if recipe.get('stage') != 'clip':

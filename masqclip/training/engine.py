@@ -1,12 +1,11 @@
-"""What every trainer shares: the run folder, model building, optimiser and learning-rate
-schedule, checkpoints that resume exactly, the CSV metrics log and its plot, progress bars,
-and ``fit``, the optimisation loop.
+"""The optimisation every trainer shares: model building, optimiser and learning-rate
+schedule, batch splitting, mixed precision, and ``fit``, the loop over one phase's steps.
+The run around it (folder, logs, resume, checkpoints, evaluations) is ``run.py``'s.
 
 The same code runs as one process (no launcher) and under torchrun (``distributed.py``): the
 recipe's ``batch_size`` and ``lr`` are the global ones, each process takes
 ``batch_size / (world size x grad_accum_steps)`` images per micro-batch, gradients are
-averaged by DistributedDataParallel, and only rank 0 logs, shows progress bars and writes
-files (the others wait at a barrier where they read what it wrote).
+averaged by DistributedDataParallel, and only rank 0 logs and shows progress bars.
 
 Randomness, for resumes and world-size independence: data augmentation and the loss's random
 points are seeded per sample by (seed, stream position) (``data.py``); torch's own generators
@@ -16,14 +15,10 @@ needs saving per rank and a resumed run continues exactly.
 
 from __future__ import annotations
 
-import csv
-import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,95 +27,16 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from masqclip.checkpoint import CheckpointError, read_checkpoint
-from masqclip.checkpoint import save_checkpoint as save_model_checkpoint
 from masqclip.factory import build_model
 from masqclip.modeling.masqclip import MasQCLIP
 from masqclip.training.data import Batch
 from masqclip.training.distributed import (
     all_reduce_mean,
     all_reduce_sums,
-    barrier,
     is_main_process,
     rank_and_world,
 )
-from masqclip.training.recipe import RecipeError, apply_overrides, load_recipe, save_recipe
-
-logger = logging.getLogger('masqclip')
-
-CONFIG_FILE = 'config.yaml'
-STATE_FILE = 'last.pt'
-MODEL_FILE = 'model.pt'
-METRICS_FILE = 'metrics.csv'
-EVAL_FILE = 'eval.csv'
-PLOT_FILE = 'curves.png'
-
-
-class RunError(RuntimeError):
-    """A run folder that cannot be used as asked; the message says what to do."""
-
-
-def resolve_recipe(
-    recipe: str, overrides: Sequence[str], out: str | None, resume: bool
-) -> tuple[dict, Path]:
-    """The recipe a run uses and its folder.
-
-    A new run takes the named recipe; a resumed one takes the folder's saved ``config.yaml``.
-    Overrides apply on top of either (e.g. more ``train.steps`` to extend a finished run).
-
-    :param recipe: recipe name or YAML path.
-    :param overrides: ``key=value`` strings.
-    :param out: the run folder; None = the recipe's ``output_dir``.
-    :param resume: continue the run in the folder.
-    :raises RunError: resuming a folder without a run, or starting over one.
-    """
-    if resume and out is None:
-        out = apply_overrides(load_recipe(recipe), overrides).get('output_dir') or None
-    if resume and out is not None:
-        config = Path(out) / CONFIG_FILE
-        if not config.is_file():
-            raise RunError(f'cannot resume: {config} does not exist (no run in {out})')
-        resolved = apply_overrides(load_recipe(config), overrides)
-    else:
-        resolved = apply_overrides(load_recipe(recipe), overrides)
-    if out is not None:
-        resolved['output_dir'] = str(out)
-    if not resolved.get('output_dir'):
-        raise RecipeError('no output folder: pass --out DIR or set output_dir=DIR')
-    run_dir = Path(resolved['output_dir'])
-    state = run_dir / STATE_FILE
-    if resume and not state.is_file():
-        raise RunError(f'cannot resume: {state} does not exist (no checkpoint in {run_dir})')
-    if not resume and state.is_file():
-        raise RunError(
-            f'{run_dir} already holds a run: pass --resume to continue it, or choose another --out'
-        )
-    return resolved, run_dir
-
-
-def start_run(recipe: Mapping[str, Any], run_dir: Path) -> None:
-    """Create the run folder and save the resolved recipe beside the checkpoints."""
-    if is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, run_dir / CONFIG_FILE)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' = CUDA when present, else the CPU; otherwise a torch device string (one process;
-    ``setup_device`` also joins a torchrun launch)."""
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(name)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise RecipeError(f'train.device={name} but CUDA is not available: use auto or cpu')
-    return device
-
-
-def configure_threads(num_threads: int) -> None:
-    """Limit torch's CPU threads (0 = leave torch's default); two trainings sharing a small
-    CPU run far faster with one thread each than fighting over all cores."""
-    if num_threads > 0:
-        torch.set_num_threads(num_threads)
+from masqclip.training.recipe import RecipeError
 
 
 def build_network(model: Mapping[str, Any]) -> tuple[MasQCLIP, dict]:
@@ -230,186 +146,6 @@ def step_seed(seed: int, rank: int, global_step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, global_step, 2]).generate_state(1)[0])
 
 
-def rng_state() -> dict[str, Any]:
-    """torch's CPU (and CUDA) random states, for an exact resume."""
-    state = {'cpu': torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state['cpu'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
-
-
-def save_state(
-    path: Path,
-    network: nn.Module,
-    config: dict,
-    recipe: Mapping[str, Any],
-    optimizer: torch.optim.Optimizer | None,
-    *,
-    scaler: torch.amp.GradScaler | None = None,
-    **extra: Any,
-) -> None:
-    """A checkpoint that both ``build_model(None, checkpoint=...)`` and resume can read.
-
-    Rank 0 writes it (the model and optimiser are the same on every rank); every rank calls
-    this and returns once it is written.
-
-    :param network: the plain module (not its DDP wrapper: the keys carry no ``module.``).
-    :param scaler: fp16's loss scaler, whose state is saved when it is enabled.
-    :param extra: plain entries (step, phase, ...).
-    """
-    if is_main_process():
-        if optimizer is not None:
-            extra['optimizer'] = optimizer.state_dict()
-            extra['rng'] = rng_state()
-        if scaler is not None and scaler.is_enabled():
-            extra['scaler'] = scaler.state_dict()
-        save_model_checkpoint(path, network, config, recipe=dict(recipe), **extra)
-    barrier()
-
-
-def load_state(path: Path) -> dict:
-    """Read a checkpoint written by ``save_state`` (every rank reads rank 0's file).
-
-    :raises CheckpointError: an unreadable file, or one without a training state.
-    """
-    data = read_checkpoint(path)
-    if 'step' not in data:
-        raise CheckpointError(f'{path} holds weights but no training state to resume from')
-    return data
-
-
-def resume_weights(
-    run_dir: Path, resume: bool, model: torch.nn.Module, what: str
-) -> tuple[dict | None, int]:
-    """When resuming, load ``run_dir``'s training state into ``model``.
-
-    :param what: the run's name in the log line.
-    :return: the state (None when not resuming) and the step to continue from.
-    """
-    if not resume:
-        return None, 0
-    state = load_state(run_dir / STATE_FILE)
-    model.load_state_dict(state['model'])
-    logger.info('resuming %s at step %d', what, int(state['step']))
-    return state, int(state['step'])
-
-
-def restore_optimizer(
-    state: Mapping[str, Any],
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None = None,
-) -> None:
-    """Put a resumed run's optimiser (and fp16 loss scaler) back as they were saved."""
-    optimizer.load_state_dict(state['optimizer'])
-    if scaler is not None and scaler.is_enabled() and 'scaler' in state:
-        scaler.load_state_dict(state['scaler'])
-
-
-class MetricsLog:
-    """Rows of metrics in a CSV file, rewritten when new columns appear.
-
-    :param path: the CSV file (rank 0 only reads and writes it; the other ranks keep the
-        rows they log in memory).
-    :param keep_until: on resume: keep the existing rows whose ``global_step`` is at most
-        this (later ones were logged after the checkpoint and will be redone); None = start a
-        new file.
-    """
-
-    def __init__(self, path: Path, keep_until: int | None = None) -> None:
-        self.path = path
-        self.rows: list[dict[str, Any]] = []
-        if keep_until is not None and is_main_process() and path.is_file():
-            with path.open(newline='') as f:
-                self.rows = [
-                    row for row in csv.DictReader(f) if float(row['global_step']) <= keep_until
-                ]
-        self.columns: list[str] = []
-        for row in self.rows:
-            self.columns += [k for k in row if k not in self.columns]
-        if is_main_process():
-            self._rewrite()
-
-    def _rewrite(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open('w', newline='') as f:
-            writer = csv.DictWriter(f, self.columns, restval='')
-            writer.writeheader()
-            writer.writerows(self.rows)
-
-    def append(self, row: Mapping[str, Any]) -> None:
-        self.rows.append(dict(row))
-        if not is_main_process():
-            return
-        new = [k for k in row if k not in self.columns]
-        if new or not self.path.is_file():
-            self.columns += new
-            self._rewrite()
-            return
-        with self.path.open('a', newline='') as f:
-            csv.DictWriter(f, self.columns, restval='').writerow(row)
-
-    def series(self, key: str) -> tuple[list[float], list[float]]:
-        """(global steps, values) of one column, skipping rows without it."""
-        xs, ys = [], []
-        for row in self.rows:
-            value = row.get(key, '')
-            if value not in ('', None):
-                xs.append(float(row['global_step']))
-                ys.append(float(value))
-        return xs, ys
-
-
-def plot_metrics(train_log: MetricsLog, eval_log: MetricsLog, path: Path) -> None:
-    """Loss curves (log scale), the learning rate and every evaluation metric, as one PNG."""
-    if not is_main_process():
-        return
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    skip = {'global_step', 'step', 'phase', 'lr', 'time_s'}
-    losses = [k for k in train_log.columns if k.startswith('loss')]
-    others = [k for k in train_log.columns if k not in skip and k not in losses]
-    metrics = [k for k in eval_log.columns if k not in skip]
-    panels = 2 + bool(others) + bool(metrics)
-    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.8), squeeze=False)
-    axes = list(axes[0])
-    for key in losses:
-        xs, ys = train_log.series(key)
-        if xs and all(y > 0 for y in ys):
-            axes[0].plot(xs, ys, label=key, linewidth=1)
-    axes[0].set_yscale('log')
-    axes[0].set_title('training losses')
-    axes[1].plot(*train_log.series('lr'))
-    axes[1].set_title('learning rate')
-    if others:
-        for key in others:
-            axes[2].plot(*train_log.series(key), label=key, linewidth=1)
-        axes[2].set_title('training statistics')
-    if metrics:
-        for key in metrics:
-            xs, ys = eval_log.series(key)
-            finite = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(y)]
-            if finite:
-                axes[-1].plot(*zip(*finite, strict=True), marker='o', label=key)
-        axes[-1].set_title('evaluation')
-    for ax in axes:
-        ax.set_xlabel('step')
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
 def progress(total: int, initial: int, description: str) -> tqdm:
     """A progress bar with rate and ETA (rank 0 only)."""
     return tqdm(
@@ -441,7 +177,8 @@ class Phase:
     :param name: shown in the progress bar and the ``phase`` column of the log.
     :param steps: optimiser steps of this phase.
     :param train: the recipe's ``train`` section (lr_decay_at, lr_decay_gamma, grad_clip,
-        precision, log_every, checkpoint_every, seed and optionally grad_accum_steps).
+        precision, log_every, seed and optionally grad_accum_steps; ``Run`` reads its
+        checkpoint_every).
     :param global_offset: steps of the earlier phases, so the log's ``global_step`` runs on.
     """
 
@@ -494,16 +231,14 @@ def fit(
     batches: Iterator[Batch],
     step_fn: Callable[[Batch], tuple[torch.Tensor, dict[str, float]]] | TrainStep,
     optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
     device: torch.device,
-    train_log: MetricsLog,
-    save_fn: Callable[[int], None],
-    eval_fn: Callable[[int], None] | None = None,
-    eval_every: int = 0,
+    log: Callable[[dict[str, Any]], None],
+    after_step: Callable[[int], None],
     *,
     model: nn.Module | None = None,
-    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
-    """The optimisation loop shared by every stage.
+    """The optimisation loop over one phase's steps, shared by every stage.
 
     Each step takes ``grad_accum_steps`` micro-batches from ``batches``, prepares them all,
     then runs forward and backward on each; DDP all-reduces the gradients on the last one only.
@@ -513,13 +248,14 @@ def fit(
         applied).
     :param step_fn: a ``TrainStep``, or batch -> (mean loss tensor, {name: float}); run under
         the autocast context.
-    :param save_fn: step -> None, writes the resumable checkpoint (called on every rank).
-    :param eval_fn: global step -> None, evaluates and logs (every rank); None = no evaluation.
-    :param eval_every: evaluate every N steps (0 = never inside the loop).
+    :param scaler: fp16's loss scaler (``make_grad_scaler``; a pass-through otherwise).
+    :param log: training row -> None, every ``log_every`` steps and at the phase's end (every
+        rank, with the numbers averaged over the ranks).
+    :param after_step: steps of the phase done -> None, after each step (every rank): where
+        the caller checkpoints and evaluates.
     :param model: the module the step's forward runs through, wrapped by
         ``distributed.wrap_ddp``: required when several processes train (DDP averages its
         gradients across them).
-    :param scaler: fp16's loss scaler (None: one is made; pass it to save its state).
     """
     train = phase.train
     step = step_fn if isinstance(step_fn, TrainStep) else TrainStep.of_mean_loss(step_fn)
@@ -531,11 +267,9 @@ def fit(
         )
     accum = accum_steps(train)
     precision = train['precision']
-    scaler = scaler if scaler is not None else make_grad_scaler(device, precision)
     params = [p for group in optimizer.param_groups for p in group['params']]
     seed = int(train.get('seed', 0))
     log_every = max(1, int(train['log_every']))
-    checkpoint_every = int(train['checkpoint_every'])
     bar = progress(phase.steps, start, phase.name)
     timer = StepTimer()
     for step_index in range(start, phase.steps):
@@ -580,7 +314,7 @@ def fit(
         if done % log_every == 0 or done == phase.steps:
             # Every rank's numbers, averaged: the loss of the whole global batch.
             parts = all_reduce_mean(parts)
-            train_log.append(
+            log(
                 {
                     'global_step': phase.global_offset + done,
                     'phase': phase.name,
@@ -591,25 +325,5 @@ def fit(
                 }
             )
         bar.set_postfix(loss=f'{parts["loss"]:.3f}', lr=f'{lr:.2e}', refresh=False)
-        if checkpoint_every and done % checkpoint_every == 0 and done < phase.steps:
-            save_fn(done)
-        if eval_fn is not None and eval_every and done % eval_every == 0 and done < phase.steps:
-            eval_fn(phase.global_offset + done)
+        after_step(done)
     bar.close()
-
-
-def run_eval(
-    eval_fn: Callable[[], dict[str, float]],
-    global_step: int,
-    eval_log: MetricsLog,
-    train_log: MetricsLog,
-    run_dir: Path,
-) -> dict[str, float]:
-    """Evaluate, log the metrics (CSV + log line) and redraw the plot (every rank calls this:
-    the evaluation is sharded; rank 0 writes)."""
-    metrics = eval_fn()
-    eval_log.append({'global_step': global_step, **metrics})
-    shown = ', '.join(f'{k}={v:.3f}' for k, v in metrics.items() if '-' not in k)
-    logger.info('step %d: %s', global_step, shown)
-    plot_metrics(train_log, eval_log, run_dir / PLOT_FILE)
-    return metrics

@@ -43,6 +43,7 @@ from masqclip.training.evaluate import evaluate_eval_set
 from masqclip.training.losses import CriterionCfg, MatcherCfg, SetCriterion
 from masqclip.training.pseudo_labels import PseudoLabelCfg, add_pseudo_masks
 from masqclip.training.recipe import RecipeError, require
+from masqclip.training.run import MODEL_FILE, Run, setup_process
 
 logger = logging.getLogger('masqclip')
 
@@ -147,12 +148,10 @@ def train_stage1(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
     :return: the path of the final weights (``model.pt``).
     """
     require(recipe, *SECTIONS)
-    train, student, data = recipe['train'], recipe['student'], recipe['data']
-    engine.configure_threads(int(train['num_threads']))
-    device = distributed.setup_device(train['device'])
+    train, student, data, eval_cfg = (recipe[k] for k in ('train', 'student', 'data', 'eval'))
+    device = setup_process(train)
     dataset = load_dataset(data)
     lsj = lsj_from_recipe(data)
-    eval_cfg = recipe['eval']
     eval_set = load_eval_set(data, eval_cfg)
     phases = plan_phases(recipe)
     # Every phase's batch must split over the processes before the first one trains for days.
@@ -166,17 +165,6 @@ def train_stage1(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
     torch.manual_seed(int(train['seed']))
     network, config = engine.build_network(model_cfg)
     parts = stored_parts(model_cfg)
-
-    state = engine.load_state(run_dir / engine.STATE_FILE) if resume else None
-    first, start, global_done = 0, 0, 0
-    if state is not None:
-        network.load_state_dict(state['model'])
-        first, start = int(state['phase_index']), int(state['step'])
-        global_done = phases[first].global_offset + start
-        logger.info('resuming %s at step %d', phases[first].name, start)
-    engine.start_run(recipe, run_dir)
-    train_log = engine.MetricsLog(run_dir / engine.METRICS_FILE, global_done if resume else None)
-    eval_log = engine.MetricsLog(run_dir / engine.EVAL_FILE, global_done if resume else None)
     criterion = SetCriterion(MatcherCfg(**recipe['matcher']), CriterionCfg(**recipe['loss']))
     num_queries = int(config['proposer']['decoder']['num_queries'])
     pseudo_cfg = PseudoLabelCfg(
@@ -191,9 +179,18 @@ def train_stage1(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
         network.proposer.train()
         return metrics
 
-    for index in range(first, len(phases)):
+    run = Run(
+        recipe,
+        run_dir,
+        resume,
+        network=network,
+        config=config,
+        phases=phases,
+        device=device,
+        evaluate=evaluate_now if eval_set else None,
+    )
+    for index in run.phases_to_train():
         phase = phases[index]
-        phase_start = start if index == first else 0
         teacher = None
         if phase.name.startswith('student'):
             source = run_dir / f'{phases[index - 1].name}.pt' if index else student['teacher']
@@ -203,66 +200,28 @@ def train_stage1(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
         optimizer = engine.make_optimizer(
             proposer_param_groups(proposer, float(train['backbone_lr_multiplier'])), phase.train
         )
-        scaler = engine.make_grad_scaler(device, phase.train['precision'])
-        if state is not None and index == first and phase_start > 0:
-            engine.restore_optimizer(state, optimizer, scaler)
         seed = int(train['seed']) + 1000 * index
         batches = make_loader(
             AugmentedSegments(dataset, lsj, seed),
             micro_batches[index],
             seed,
-            phase_start,
+            run.steps_done(index),
             int(data['num_workers']),
-            *engine.rank_and_world(),
+            *distributed.rank_and_world(),
             engine.accum_steps(phase.train),
         )
-
-        def save_fn(
-            step: int, index: int = index, optimizer: Any = optimizer, scaler: Any = scaler
-        ) -> None:
-            engine.save_state(
-                run_dir / engine.STATE_FILE,
-                network,
-                config,
-                recipe,
-                optimizer,
-                scaler=scaler,
-                phase_index=index,
-                step=step,
-            )
-
-        def eval_fn(global_step: int) -> None:
-            engine.run_eval(evaluate_now, global_step, eval_log, train_log, run_dir)
-
-        engine.fit(
-            phase,
-            phase_start,
-            batches,
-            distillation_step(model, teacher, criterion, pseudo_cfg, num_queries, device),
-            optimizer,
-            device,
-            train_log,
-            save_fn,
-            eval_fn if eval_set else None,
-            int(eval_cfg['every']),
-            model=model,
-            scaler=scaler,
-        )
-        if engine.is_main_process():
+        step = distillation_step(model, teacher, criterion, pseudo_cfg, num_queries, device)
+        run.fit(index, batches, step, optimizer, model=model)
+        if distributed.is_main_process():
             save_checkpoint(
                 run_dir / f'{phase.name}.pt', network, config, parts=parts, phase=phase.name
             )
-        save_fn(phase.steps)  # its barrier also lets the next phase read <phase>.pt
+        distributed.barrier()  # the next phase's teacher is read from <phase>.pt
 
-    final = run_dir / engine.MODEL_FILE
-    if engine.is_main_process():
+    final = run_dir / MODEL_FILE
+    if distributed.is_main_process():
         save_checkpoint(final, network, config, parts=parts, stage='stage1')
-    if eval_set is not None:
-        engine.run_eval(
-            evaluate_now, phases[-1].global_offset + phases[-1].steps, eval_log, train_log, run_dir
-        )
-    engine.plot_metrics(train_log, eval_log, run_dir / engine.PLOT_FILE)
-    distributed.barrier()  # model.pt is written when any rank returns
+    run.finish()
     logger.info('stage 1 done: %s', final)
     return final
 

@@ -42,6 +42,7 @@ from masqclip.training.masq_tuning import (
     classification_weight,
 )
 from masqclip.training.recipe import RecipeError, require
+from masqclip.training.run import MODEL_FILE, Run, setup_process
 
 logger = logging.getLogger('masqclip')
 
@@ -119,81 +120,51 @@ def train_stage2(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
             'stage 2 starts from a trained proposer: set model.init=PATH to a '
             'stage-1 checkpoint (runs/stage1/model.pt)'
         )
-    engine.configure_threads(int(train['num_threads']))
-    device = distributed.setup_device(train['device'])
+    device = setup_process(train)
     micro_batch = engine.per_device_batch(train)
     dataset = load_dataset(data)
     lsj = lsj_from_recipe(data)
     eval_set = load_eval_set(data, eval_cfg)
     torch.manual_seed(int(train['seed']))
     network, config = engine.build_network(recipe['model'])
-    state, start = engine.resume_weights(run_dir, resume, network, 'MasQ-Tuning')
+
+    def evaluate_now() -> dict[str, float]:
+        return evaluate_eval_set(network, config, eval_set, eval_cfg, device)
+
+    run = Run(
+        recipe,
+        run_dir,
+        resume,
+        network=network,
+        config=config,
+        phases=[engine.Phase('stage2', int(train['steps']), train)],
+        device=device,
+        evaluate=evaluate_now if eval_set else None,
+    )
     network.to(device).eval()
     params = trainable_parameters(network)
     mask_clip = distributed.wrap_ddp(network.mask_clip, device)
-
     # The training vocabulary's text embeddings + background, once (the text tower is frozen).
     names = [c.name for c in dataset.categories]
     text = network.encode_classes([[n] for n in names] + [[BACKGROUND]]).to(device)
-
-    engine.start_run(recipe, run_dir)
-    train_log = engine.MetricsLog(run_dir / engine.METRICS_FILE, start if resume else None)
-    eval_log = engine.MetricsLog(run_dir / engine.EVAL_FILE, start if resume else None)
-    optimizer = engine.make_optimizer([{'params': params}], train)
-    scaler = engine.make_grad_scaler(device, train['precision'])
-    if state is not None and start > 0:
-        engine.restore_optimizer(state, optimizer, scaler)
     seed = int(train['seed'])
     batches = make_loader(
         AugmentedSegments(dataset, lsj, seed),
         micro_batch,
         seed,
-        start,
+        run.steps_done(0),
         int(data['num_workers']),
-        *engine.rank_and_world(),
+        *distributed.rank_and_world(),
         engine.accum_steps(train),
     )
-    phase = engine.Phase('stage2', int(train['steps']), train)
+    optimizer = engine.make_optimizer([{'params': params}], train)
+    step = tuning_step(network, mask_clip, text, loss_cfg)
+    run.fit(0, batches, step, optimizer, model=mask_clip)
 
-    def save_fn(step: int) -> None:
-        engine.save_state(
-            run_dir / engine.STATE_FILE,
-            network,
-            config,
-            recipe,
-            optimizer,
-            scaler=scaler,
-            step=step,
-        )
-
-    def evaluate_now() -> dict[str, float]:
-        return evaluate_eval_set(network, config, eval_set, eval_cfg, device)
-
-    def eval_fn(global_step: int) -> None:
-        engine.run_eval(evaluate_now, global_step, eval_log, train_log, run_dir)
-
-    engine.fit(
-        phase,
-        start,
-        batches,
-        tuning_step(network, mask_clip, text, loss_cfg),
-        optimizer,
-        device,
-        train_log,
-        save_fn,
-        eval_fn if eval_set else None,
-        int(eval_cfg['every']),
-        model=mask_clip,
-        scaler=scaler,
-    )
-    save_fn(phase.steps)
-    final = run_dir / engine.MODEL_FILE
-    if engine.is_main_process():
+    final = run_dir / MODEL_FILE
+    if distributed.is_main_process():
         save_checkpoint(final, network, config, stage='stage2')
-    if eval_set is not None:
-        engine.run_eval(evaluate_now, phase.steps, eval_log, train_log, run_dir)
-    engine.plot_metrics(train_log, eval_log, run_dir / engine.PLOT_FILE)
-    distributed.barrier()  # model.pt is written when any rank returns
+    run.finish()
     logger.info('stage 2 done: %s', final)
     return final
 
