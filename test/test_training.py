@@ -5,6 +5,7 @@ stages on a generated dataset (CPU, test_tiny). Several processes: test_distribu
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -396,28 +397,32 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope='module')
-def stage1_run(dataset_root: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp('stage1')
-    # One teacher step, then one student step on the teacher's pseudo-masks (score threshold
-    # 0 so the random teacher's masks are kept).
-    status = cli.main(
+def run_stage1(out: Path, root: Path, student_steps: int, *extra: str) -> int:
+    # One teacher step, then student steps on the teacher's pseudo-masks (score threshold 0
+    # so the random teacher's masks are kept).
+    return cli.main(
         [
             'stage1',
             '--out',
             str(out),
             'model.name=test_tiny',
             'train.steps=1',
-            'student.steps=1',
+            f'student.steps={student_steps}',
             'student.batch_size=2',
             'student.num_points=64',
             'student.score_threshold=0.0',
             'loss.num_points=64',
             'matcher.num_points=64',
-            *tiny_overrides(dataset_root),
+            *tiny_overrides(root),
+            *extra,
         ]
     )
-    assert status == 0
+
+
+@pytest.fixture(scope='module')
+def stage1_run(dataset_root: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp('stage1')
+    assert run_stage1(out, dataset_root, 1) == 0
     return out
 
 
@@ -435,11 +440,39 @@ def test_stage1_run_writes_checkpoints_csv_and_plot(stage1_run: Path) -> None:
         assert (stage1_run / name).is_file(), name
     rows = read_csv(stage1_run / 'metrics.csv')
     assert [(r['phase'], r['global_step']) for r in rows] == [('teacher', '1'), ('student1', '2')]
-    assert float(rows[1]['pseudo_masks']) >= 0
+    # The student's mean pseudo-masks per image over its batch of 2: a whole number of masks
+    # in all, at least one (threshold 0 keeps the random teacher's), at most 2 x 10 queries.
+    added = 2 * float(rows[1]['pseudo_masks'])
+    assert added == round(added) and 1 <= added <= 2 * 10
     assert 'proposals/recall50_novel' in read_csv(stage1_run / 'eval.csv')[0]
     network, config = build_model(None, checkpoint=stage1_run / 'model.pt')
     assert config['proposer']['decoder']['num_queries'] == 10
     assert load_recipe(stage1_run / 'config.yaml')['train']['steps'] == 1
+
+
+def test_stage1_resumes_exactly_inside_the_student_phase(
+    stage1_run: Path, dataset_root: Path, tmp_path: Path
+) -> None:
+    # The fixture's run (a teacher step, a student step) resumed for a second student step
+    # restores the student's optimiser and data stream: the same weights as three steps in a row.
+    resumed = tmp_path / 'resumed'
+    shutil.copytree(stage1_run, resumed)
+    argv = ['stage1', '--out', str(resumed), '--resume', 'student.steps=2', 'eval.annotations=']
+    assert cli.main(argv) == 0
+    rows = read_csv(resumed / 'metrics.csv')
+    assert [(r['phase'], r['step'], r['global_step']) for r in rows] == [
+        ('teacher', '1', '1'),
+        ('student1', '1', '2'),
+        ('student1', '2', '3'),
+    ]
+    straight = tmp_path / 'straight'
+    assert run_stage1(straight, dataset_root, 2, 'eval.annotations=') == 0
+    a, _ = build_model(None, checkpoint=straight / 'model.pt')
+    b, _ = build_model(None, checkpoint=resumed / 'model.pt')
+    for (name, x), y in zip(a.proposer.named_parameters(), b.proposer.parameters(), strict=True):
+        torch.testing.assert_close(y, x, msg=name)
+    for straight_row, row in zip(read_csv(straight / 'metrics.csv'), rows, strict=True):
+        assert float(row['loss']) == pytest.approx(float(straight_row['loss']), rel=1e-5)
 
 
 def run_stage2(out: Path, root: Path, stage1: Path, *extra: str) -> int:
