@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import logging
 import os
 import re
 import zipfile
@@ -23,8 +22,6 @@ from torch import Tensor, nn
 
 from masqclip.modeling.masqclip import MasQCLIP
 from masqclip.modeling.proposer import convert_upstream_proposer_state_dict
-
-logger = logging.getLogger('masqclip')
 
 FORMAT = 'masqclip_ros/1'
 WEIGHTS_HELP = 'see "Weights" in the README for how to get them'

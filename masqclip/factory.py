@@ -17,8 +17,8 @@ from masqclip.checkpoint import (
 from masqclip.export import DEFAULT_CACHE_DIR, build_image_model, network_input_size
 from masqclip.inference.predictor import Predictor, PredictorCfg
 from masqclip.modeling.mask_clip import MaskCLIPVisual, build_clip
-from masqclip.modeling.precision import check_precision
 from masqclip.modeling.masqclip import MasQCLIP
+from masqclip.modeling.precision import check_precision
 from masqclip.modeling.proposer import MaskProposer, build_proposer
 from masqclip.modeling.text_encoder import TextEncoder
 

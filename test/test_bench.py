@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
-from masqclip.tools.benchmarking import efficiency_table, image_path_flops, image_path_rates
 from masqclip.cli import main
-from masqclip.tools.bench_cpu import measure_efficiency
 from masqclip.modeling.precision import cpu_bf16_units
+from masqclip.tools.bench_cpu import measure_efficiency
+from masqclip.tools.benchmarking import efficiency_table, image_path_flops, image_path_rates
 
 
 @pytest.fixture(scope='module')

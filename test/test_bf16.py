@@ -17,16 +17,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from masqclip.tools.benchmarking import frame_inputs
 from masqclip.data.coco import load_coco_panoptic
 from masqclip.data.ov_split import load_split
 from masqclip.data.synthetic import write_dataset
 from masqclip.evaluation.evaluator import SegmentationEvaluator
 from masqclip.factory import create_predictor
 from masqclip.inference.predictor import Predictor
+from masqclip.inference.results import SegmentationResult
 from masqclip.modeling import precision as precision_module
 from masqclip.modeling.precision import cpu_bf16_units, torch_image_model
-from masqclip.inference.results import SegmentationResult
+from masqclip.tools.benchmarking import frame_inputs
 from masqclip.training.evaluate import dataset_vocabulary
 
 needs_bf16 = pytest.mark.skipif(

@@ -298,7 +298,12 @@ KEY = EngineKey(
 def test_engine_key_changes_with_every_field(change):
     other = EngineKey(**{**KEY.__dict__, **change})
     assert other.digest() != KEY.digest()
-    assert EngineKey(**KEY.__dict__).digest() == KEY.digest()
+
+
+def test_engine_key_digest_is_fixed_across_processes():
+    # A fixed value, not hash(): a salted or reordered digest would orphan every cached engine
+    # at the next start. Change it only with a deliberate cache-format change.
+    assert KEY.digest() == 'c185266d7af6a80092f3f00e'
 
 
 def test_engine_cache_store_lookup_and_mismatch(tmp_path):
@@ -318,7 +323,7 @@ def test_engine_cache_store_lookup_and_mismatch(tmp_path):
 def test_timing_cache_per_tensorrt_version_and_gpu(tmp_path):
     cache = EngineCache(tmp_path)
     base = cache.timing_cache_path('10.13.0', 'NVIDIA H100', '9.0')
-    assert base == cache.timing_cache_path('10.13.0', 'NVIDIA H100', '9.0')
+    assert base == tmp_path / 'timing-94a69129b173f28f.cache'  # the same in every process
     assert base != cache.timing_cache_path('11.4.0', 'NVIDIA H100', '9.0')
     assert base != cache.timing_cache_path('10.13.0', 'NVIDIA L4', '8.9')
     assert cache.read_timing_cache(base) == b''
@@ -381,22 +386,27 @@ def test_cli_tensorrt_without_gpu_or_tensorrt_is_a_clear_error():
         _export_command(['tensorrt', '--build-only', '--model', 'test_tiny'])
 
 
+def _tensorrt_fp16(network, config, cache_dir, **options):
+    return build_image_model(
+        network,
+        config,
+        'tensorrt',
+        'cuda',
+        'fp16',
+        SIZE,
+        engine_cache_dir=cache_dir,
+        model_name='test_tiny',
+        **options,
+    )
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TENSORRT), reason='needs CUDA and TensorRT')
 def test_tensorrt_fp16_matches_torch(tiny_model, tmp_path, caplog):
     network, config = tiny_model
     network = copy.deepcopy(network).cuda()
     with caplog.at_level(logging.INFO, logger='masqclip'):
-        image_model = build_image_model(
-            network,
-            config,
-            'tensorrt',
-            'cuda',
-            'fp16',
-            SIZE,
-            engine_cache_dir=tmp_path,
-            model_name='test_tiny',
-        )
+        image_model = _tensorrt_fp16(network, config, tmp_path)
     assert any('warmed up' in r.getMessage() for r in caplog.records)
     text = torch.nn.functional.normalize(torch.randn(5, config['clip']['embed_dim']), dim=-1)
     ious, agree = [], []
@@ -417,17 +427,7 @@ def test_tensorrt_fp16_matches_torch(tiny_model, tmp_path, caplog):
     # The second build finds the cached engine.
     with caplog.at_level(logging.INFO, logger='masqclip'):
         caplog.clear()
-        build_image_model(
-            network,
-            config,
-            'tensorrt',
-            'cuda',
-            'fp16',
-            SIZE,
-            engine_cache_dir=tmp_path,
-            model_name='test_tiny',
-            warmup=0,
-        )
+        _tensorrt_fp16(network, config, tmp_path, warmup=0)
     assert any('cached TensorRT engine' in r.getMessage() for r in caplog.records)
 
 

@@ -7,36 +7,13 @@ import threading
 import numpy as np
 import torch
 
-from masqclip.inference.predictor import Predictor
 from masqclip.inference.vocabulary import TextEmbeddingCache, Vocabulary
 
 WAIT_S = 30.0
 
 
-class GatedImageModel:
-    """The tiny model's image path; once ``hold()`` is called, the next call waits inside
-    until ``release``."""
-
-    def __init__(self, model) -> None:
-        self.model = model
-        self.inside = threading.Event()
-        self.release = threading.Event()
-        self._held = False
-
-    def hold(self) -> None:
-        self._held = True
-
-    def __call__(self, images, image_sizes):
-        if self._held:
-            self.inside.set()
-            assert self.release.wait(WAIT_S), 'the test never released the image model'
-        return self.model(images, image_sizes)
-
-
-def test_find_scores_a_stored_frame_while_predict_is_inside_the_image_model(tiny_model, rng):
-    network, config = tiny_model
-    gated = GatedImageModel(network)
-    predictor = Predictor(gated, network.encode_classes, 'w', config)
+def test_find_scores_a_stored_frame_while_predict_is_inside_the_image_model(spied_predictor, rng):
+    predictor, gated = spied_predictor
     predictor.set_vocabulary(Vocabulary.parse('mug, table'))
     image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     stored = predictor.predict(image)

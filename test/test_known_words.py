@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from masqclip.cli import main
-from masqclip.inference.known_words import KnownWords, words_of
 from masqclip.factory import create_predictor
+from masqclip.inference.known_words import KnownWords, words_of
 from masqclip.inference.predictor import Predictor
 from masqclip.inference.vocabulary import Vocabulary
 

@@ -128,19 +128,8 @@ def test_empty_vocabulary_labels_nothing(tiny_predictor, rng):
     assert (result.semantic == UNLABELED).all() and (result.panoptic == 0).all()
 
 
-class CountingImageModel:
-    def __init__(self, model):
-        self.model, self.calls = model, 0
-
-    def __call__(self, images, image_sizes):
-        self.calls += 1
-        return self.model(images, image_sizes)
-
-
-def test_vocabulary_change_and_find_never_rerun_the_image_model(tiny_model, rng):
-    network, config = tiny_model
-    counting = CountingImageModel(network)
-    predictor = Predictor(counting, network.encode_classes, 'w', config)
+def test_vocabulary_change_and_find_never_rerun_the_image_model(spied_predictor, rng):
+    predictor, counting = spied_predictor
     predictor.set_vocabulary(Vocabulary.parse('mug, table'))
     result = predictor.predict(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     predictor.set_vocabulary(Vocabulary.parse('cat, dog, bird'))

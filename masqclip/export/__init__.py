@@ -2,9 +2,11 @@
 
 ``export_onnx`` writes the graph; ``build_image_model`` returns the image path on onnxruntime
 or TensorRT behind the ``ImageModel`` contract (``masqclip.modeling``); ``network_input_size``
-gives the fixed input size for a camera resolution. TensorRT is imported only by ``masqclip.export.tensorrt``.
+gives the fixed input size for a camera resolution. TensorRT is imported only by
+``masqclip.export.tensorrt``.
 """
 
+from masqclip.export.backends import EXPORT_BACKENDS, build_image_model, ensure_onnx
 from masqclip.export.canvas import FixedSizeImageModel, network_input_size
 from masqclip.export.engine_cache import DEFAULT_CACHE_DIR, EngineCache, EngineKey
 from masqclip.export.errors import (
@@ -15,7 +17,6 @@ from masqclip.export.errors import (
     ForeignExportError,
     InputSizeError,
 )
-from masqclip.export.backends import EXPORT_BACKENDS, build_image_model, ensure_onnx
 from masqclip.export.onnx import (
     INPUT_NAMES,
     OUTPUT_NAMES,

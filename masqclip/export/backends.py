@@ -12,9 +12,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from masqclip.checkpoint import fingerprint_image_path
 from masqclip.export.canvas import FixedSizeImageModel, validate_input_size
 from masqclip.export.engine_cache import DEFAULT_CACHE_DIR, digest_path, verify_digests
-from masqclip.checkpoint import fingerprint_image_path
 from masqclip.export.errors import DamagedFileError, ExportError
 from masqclip.export.onnx import (
     EXPORT_VERSION,

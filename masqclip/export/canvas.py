@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from masqclip.export.errors import InputSizeError
-from masqclip.modeling.masqclip import ImageModel
 from masqclip.inference.transforms import PreprocessCfg
+from masqclip.modeling.masqclip import ImageModel
 
 logger = logging.getLogger('masqclip')
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from masqclip.checkpoint import fingerprint_image_path
 from masqclip.export.canvas import validate_input_size
 from masqclip.export.engine_cache import (
     digest_path,
@@ -44,7 +45,6 @@ from masqclip.export.engine_cache import (
     verify_digests,
 )
 from masqclip.export.errors import DamagedFileError, ExportError, ForeignExportError
-from masqclip.checkpoint import fingerprint_image_path
 from masqclip.modeling.masqclip import MasQCLIP
 from masqclip.modeling.precision import EXPORT_PRECISIONS
 

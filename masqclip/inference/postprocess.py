@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from masqclip.inference.results import UNLABELED
+from masqclip.modeling.masqclip import CLIP_LOGIT_SCALE, clip_logits
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def classify_masks(
     mask_embeddings: torch.Tensor,
     text_embeddings: torch.Tensor,
     objectness: torch.Tensor,
-    logit_scale: float = 100.0,
+    logit_scale: float = CLIP_LOGIT_SCALE,
 ) -> torch.Tensor:
     """Fuse CLIP's classification with the proposer's objectness: p_obj x p_clip(c).
 
@@ -105,8 +106,7 @@ def classify_masks(
             f'objectness must have shape ({mask_embeddings.shape[0]},), '
             f'got {tuple(objectness.shape)}'
         )
-    logits = logit_scale * mask_embeddings.float() @ text_embeddings.float().T
-    p_clip = logits.softmax(dim=-1)
+    p_clip = clip_logits(mask_embeddings, text_embeddings, logit_scale).softmax(dim=-1)
     return (objectness.float()[:, None] * p_clip)[:, :-1]
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from masqclip.checkpoint import fingerprint_module
 from masqclip.inference.known_words import KnownWords
 from masqclip.inference.postprocess import (
     classify_masks,
@@ -35,10 +36,10 @@ from masqclip.inference.results import (
 )
 from masqclip.inference.transforms import (
     ImageSizeMaskLogits,
+    PreprocessCfg,
     ResizeSpec,
     crop_mask_logits,
     image_to_tensor,
-    PreprocessCfg,
     validate_image,
 )
 from masqclip.inference.vocabulary import (
@@ -47,13 +48,14 @@ from masqclip.inference.vocabulary import (
     Vocabulary,
     validate_query,
 )
-from masqclip.checkpoint import fingerprint_module
 from masqclip.modeling.masqclip import ImageModel, MasQCLIP
 from masqclip.modeling.precision import torch_image_model
 
 logger = logging.getLogger('masqclip')
 
 TASKS = ('instance', 'semantic', 'panoptic')
+
+
 @dataclass(frozen=True)
 class PredictorCfg:
     """Inference options; ``None`` thresholds take the model config's values.
@@ -94,11 +96,16 @@ class PredictorCfg:
             raise ValueError(f'min_area_px must be >= 0, got {self.min_area_px}')
 
 
-def validate_tasks(tasks: Collection[str]) -> frozenset[str]:
-    """Return ``tasks`` as a set, or raise ``ValueError`` naming the unknown ones."""
-    unknown = set(tasks) - set(TASKS)
-    if unknown:
-        raise ValueError(f'unknown tasks {sorted(unknown)}; choose from {", ".join(TASKS)}')
+def validate_tasks(tasks: Collection[str], allowed: Sequence[str] = TASKS) -> frozenset[str]:
+    """Return ``tasks`` as a set, or raise ``ValueError`` naming the unknown ones, or saying
+    that none was given.
+
+    :param allowed: the valid names (evaluation adds its proposal recall to ``TASKS``).
+    """
+    unknown = set(tasks) - set(allowed)
+    if unknown or not tasks:
+        found = f'unknown tasks {sorted(unknown)}' if unknown else 'no task given'
+        raise ValueError(f'{found}: choose one or more of {", ".join(allowed)}')
     return frozenset(tasks)
 
 

@@ -168,7 +168,9 @@ class SegmentationResult:
         panoptic output was off.
     :param segments: the panoptic segments, by id.
     :param proposals: every proposal's embedding, objectness and mask (for ``find``).
-    :param timings: seconds per stage (e.g. 'preprocess', 'proposer', 'clip', 'postprocess').
+    :param timings: seconds per stage, in order: 'preprocess', 'image_model', 'classify', then
+        'semantic', 'panoptic', 'instance' for the tasks computed, and 'proposals' (what
+        ``find`` reads).
     """
 
     image_size: tuple[int, int]

@@ -183,6 +183,12 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def require_classes(self) -> Vocabulary:
+        """This vocabulary, or ``VocabularyError`` when it has no class to segment."""
+        if not self.entries:
+            raise VocabularyError('the vocabulary is empty; keep or name at least one class')
+        return self
+
     def add(self, entries: Sequence[VocabularyEntry]) -> Vocabulary:
         """Append new classes after the existing ones (whose indices never move).
 

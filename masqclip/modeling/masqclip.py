@@ -16,6 +16,20 @@ from masqclip.modeling.text_encoder import TextEncoder
 # OpenAI CLIP's normalisation of 0-1 RGB.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_LOGIT_SCALE = 100.0
+"""CLIP's fixed logit scale: class logits are cosine similarities x 100 (method notes 1.7)."""
+
+
+def clip_logits(
+    mask_embeddings: Tensor, text_embeddings: Tensor, logit_scale: float = CLIP_LOGIT_SCALE
+) -> Tensor:
+    """CLIP's class logits of each mask: ``logit_scale`` x cosine similarity, in float32.
+
+    :param mask_embeddings: float [..., D], L2-normalised.
+    :param text_embeddings: float [N + 1, D], L2-normalised, background last.
+    :return: float32 [..., N + 1].
+    """
+    return logit_scale * mask_embeddings.float() @ text_embeddings.float().T
 
 
 class ImageModel(Protocol):

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from masqclip.tools.benchmarking import GEMM_SIZE, efficiency_table, interleaved_medians, timer
-from masqclip.tools.bench_cpu import measure_efficiency
 from masqclip.factory import build_model
 from masqclip.inference.predictor import Predictor
 from masqclip.inference.vocabulary import Vocabulary
 from masqclip.modeling.masqclip import MasQCLIP
+from masqclip.tools.bench_cpu import measure_efficiency
+from masqclip.tools.benchmarking import GEMM_SIZE, efficiency_table, interleaved_medians, timer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

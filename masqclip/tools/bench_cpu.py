@@ -14,6 +14,11 @@ from pathlib import Path
 
 import torch
 
+from masqclip.export.onnx import export_onnx
+from masqclip.export.onnxruntime_backend import OnnxRuntimeImageModel
+from masqclip.factory import build_model
+from masqclip.modeling.masqclip import ImageModel
+from masqclip.modeling.precision import cpu_bf16_units, torch_image_model
 from masqclip.tools.benchmarking import (
     GEMM_SIZE,
     frame_inputs,
@@ -24,11 +29,6 @@ from masqclip.tools.benchmarking import (
     timer,
     top_operators,
 )
-from masqclip.export.onnx import export_onnx
-from masqclip.export.onnxruntime_backend import OnnxRuntimeImageModel
-from masqclip.factory import build_model
-from masqclip.modeling.masqclip import ImageModel
-from masqclip.modeling.precision import cpu_bf16_units, torch_image_model
 
 
 def measure_onnxruntime_vs_torch(

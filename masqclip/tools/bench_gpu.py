@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from masqclip.tools.benchmarking import frame_inputs
-from masqclip.tools.export import parse_frame_size
+from masqclip.export.backends import build_image_model
 from masqclip.export.engine_cache import DEFAULT_CACHE_DIR
 from masqclip.export.errors import BackendUnavailableError
-from masqclip.export.backends import build_image_model
 from masqclip.factory import build_model
+from masqclip.tools.benchmarking import frame_inputs
+from masqclip.tools.export import parse_frame_size
 
 MIB = 2**20
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 from masqclip.factory import create_predictor, list_models
-from masqclip.inference.predictor import TASKS, Predictor
-from masqclip.inference.vocabulary import Vocabulary, VocabularyError
+from masqclip.inference.predictor import TASKS, Predictor, validate_tasks
+from masqclip.inference.vocabulary import Vocabulary
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,11 +29,13 @@ def add_vocabulary_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--vocabulary-file', help='YAML vocabulary (names, synonyms, is_thing)')
 
 
-def parse_tasks(text: str) -> tuple[str, ...]:
+def parse_tasks(text: str, allowed: Sequence[str] = TASKS) -> tuple[str, ...]:
+    """The tasks of a comma list such as 'instance,panoptic', for argparse's ``type``."""
     tasks = tuple(t.strip() for t in text.split(',') if t.strip())
-    unknown = set(tasks) - set(TASKS)
-    if unknown or not tasks:
-        raise argparse.ArgumentTypeError(f'tasks must be a comma list of {", ".join(TASKS)}')
+    try:
+        validate_tasks(tasks, allowed)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
     return tasks
 
 
@@ -41,9 +44,7 @@ def vocabulary_from_args(args: argparse.Namespace) -> Vocabulary:
         vocabulary = Vocabulary.from_yaml(args.vocabulary_file)
     else:
         vocabulary = Vocabulary.parse(args.vocabulary)
-    if not vocabulary.names:
-        raise VocabularyError('the vocabulary is empty: name at least one class')
-    return vocabulary
+    return vocabulary.require_classes()
 
 
 def predictor_from_args(args: argparse.Namespace, **options: object) -> Predictor:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
+from masqclip.export.backends import ensure_onnx
 from masqclip.export.canvas import network_input_size
 from masqclip.export.engine_cache import DEFAULT_CACHE_DIR
-from masqclip.export.backends import ensure_onnx
 from masqclip.export.onnx import DEFAULT_OPSET, export_input_size, export_onnx, read_onnx_metadata
 from masqclip.tools.common import add_model_arguments
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -33,10 +32,9 @@ from masqclip.inference.predictor import TASKS, Predictor
 from masqclip.inference.transforms import PreprocessCfg, image_to_tensor, mask_logits_to_image
 from masqclip.inference.vocabulary import Vocabulary, VocabularyEntry
 from masqclip.modeling.masqclip import MasQCLIP
+from masqclip.tools.common import parse_tasks
 from masqclip.training import distributed
 from masqclip.training.data import load_category_split, load_dataset
-
-logger = logging.getLogger('masqclip')
 
 PROPOSALS = 'proposals'
 """The stage-1 task: class-agnostic recall of the ground truth by the proposals."""
@@ -195,14 +193,6 @@ def evaluate_eval_set(
     return evaluate(network, config, dataset, split, tasks, max_images, device)
 
 
-def parse_tasks(text: str) -> tuple[str, ...]:
-    tasks = tuple(t.strip() for t in text.split(',') if t.strip())
-    allowed = (*TASKS, PROPOSALS)
-    if not tasks or set(tasks) - set(allowed):
-        raise argparse.ArgumentTypeError(f'tasks must be a comma list of {", ".join(allowed)}')
-    return tasks
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--checkpoint', required=True, help='a masqclip_ros checkpoint (.pt)')
     parser.add_argument('--data-root', required=True, help='the COCO-format dataset folder')
@@ -221,7 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         '--tasks',
-        type=parse_tasks,
+        type=lambda text: parse_tasks(text, (*TASKS, PROPOSALS)),
         default=('instance',),
         help='comma list of instance, semantic, panoptic, proposals (default: instance)',
     )

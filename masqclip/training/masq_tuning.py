@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LOGIT_SCALE = 100.0
-"""CLIP's fixed logit scale: cosine similarities x 100 (method.md 1.7)."""
+from masqclip.modeling.masqclip import clip_logits
 
 
 @torch.no_grad()
@@ -87,7 +86,7 @@ def classification_loss(
         batch's, averaged over its micro-batches).
     :return: scalar, the weighted mean over all B x Q proposals.
     """
-    logits = LOGIT_SCALE * mask_embeddings.float() @ text_embeddings.float().T
+    logits = clip_logits(mask_embeddings, text_embeddings)
     weight = torch.ones(text_embeddings.shape[0], device=logits.device)
     weight[-1] = background_weight
     log_probs = logits.log_softmax(-1)
