@@ -1,16 +1,21 @@
-"""The node's parameters: one table of names, defaults, descriptions and ranges, and their
-validation into a ``Settings`` object (no rclpy node needed to test it).
+"""The node's parameters: one table of names, defaults, descriptions and ranges (with the
+descriptors the node declares them with), and their validation into a ``Settings`` object,
+whole at configure or only the live ones on a change (no rclpy node needed to test it:
+test/ros/test_settings.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+from masqclip import factory
+from masqclip.inference.predictor import TASKS
 from masqclip.modeling.precision import PRECISIONS
 
-TASKS = ('instance', 'semantic', 'panoptic')
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
 RELIABILITIES = ('auto', 'reliable', 'best_effort')
 
@@ -26,6 +31,21 @@ class ParameterSpec:
     choices: tuple[str, ...] = ()
     live: bool = False
     """True when a change takes effect at once; others wait for the next configure."""
+
+    def descriptor(self) -> ParameterDescriptor:
+        """What ``ros2 param describe`` shows: the description, choices and range."""
+        descriptor = ParameterDescriptor(description=self.description)
+        if self.choices:
+            descriptor.additional_constraints = 'one of: ' + ', '.join(self.choices)
+        if self.bounds is not None and isinstance(self.default, float):
+            descriptor.floating_point_range = [
+                FloatingPointRange(from_value=self.bounds[0], to_value=self.bounds[1])
+            ]
+        elif self.bounds is not None:
+            descriptor.integer_range = [
+                IntegerRange(from_value=int(self.bounds[0]), to_value=int(self.bounds[1]))
+            ]
+        return descriptor
 
 
 PARAMETERS: tuple[ParameterSpec, ...] = (
@@ -155,6 +175,11 @@ class Settings:
     overlay_alpha: float
     diagnostics_period_s: float
 
+    @property
+    def model_name(self) -> str:
+        """The model as logs and diagnostics name it (``masqclip.factory.model_name``)."""
+        return factory.model_name(self.model_config or None, self.checkpoint)
+
     def predictor_options(self) -> dict[str, object]:
         """Keyword arguments of ``masqclip.factory.create_predictor``.
 
@@ -199,6 +224,20 @@ def check_value(name: str, value: object) -> None:
             raise SettingsError(f'parameter {name}={value!r} is outside [{low:g}, {high:g}]')
 
 
+def check_change(name: str, value: object, configured: bool) -> None:
+    """Check a parameter change: the value and, while the node is configured, that the
+    parameter is live (the others take effect on the next configure).
+
+    :raises SettingsError: naming the parameter and what to do.
+    """
+    check_value(name, value)
+    if configured and not SPECS[name].live:
+        raise SettingsError(
+            f'{name} takes effect on configure: deactivate, clean up, set it, then configure '
+            'and activate again'
+        )
+
+
 def settings_from_values(values: Mapping[str, object]) -> Settings:
     """Validate parameter values (as declared, by name) into ``Settings``.
 
@@ -215,9 +254,7 @@ def settings_from_values(values: Mapping[str, object]) -> Settings:
         raise SettingsError(
             f'parameter tasks={list(tasks)}: give a non-empty subset of {", ".join(TASKS)}'
         )
-    vocabulary_file = str(values['vocabulary_file']) or None
-    if vocabulary_file is not None and not Path(vocabulary_file).is_file():
-        raise SettingsError(f'parameter vocabulary_file: no file at {vocabulary_file!r}')
+    live = _live_fields(values)
     input_size = tuple(int(v) for v in values['model.input_size'])
     if len(input_size) != 2 or min(input_size) < 16:
         raise SettingsError(
@@ -251,18 +288,42 @@ def settings_from_values(values: Mapping[str, object]) -> Settings:
         overlap_threshold=optional_threshold('overlap_threshold'),
         max_instances=int(values['max_instances']) or None,
         min_area_px=int(values['min_area_px']),
-        vocabulary=tuple(values['vocabulary']),
-        vocabulary_file=vocabulary_file,
         reliability=str(values['input.reliability']),
         compressed=bool(values['input.compressed']),
-        max_rate_hz=float(values['input.max_rate_hz']),
-        warn_after_s=float(values['input.warn_after_s']),
         max_pixels=int(values['input.max_pixels']),
         depth_enabled=bool(values['depth.enabled']),
         depth_scale=float(values['depth.scale']),
         depth_sync_slop_s=float(values['depth.sync_slop_s']),
         depth_min_points=int(values['depth.min_points']),
         find_buffer_size=int(values['find.buffer_size']),
-        overlay_alpha=float(values['overlay.alpha']),
         diagnostics_period_s=float(values['diagnostics.period_s']),
+        **live,
     )
+
+
+def with_live_values(settings: Settings, values: Mapping[str, object]) -> Settings:
+    """``settings`` after a change of the live parameters, which take effect without a
+    configure.
+
+    :param values: every live parameter (``ParameterSpec.live``) with its value, the changed
+        ones new.
+    :return: the settings with those fields replaced.
+    :raises SettingsError: naming the first bad parameter.
+    """
+    for name, value in values.items():
+        check_value(name, value)
+    return replace(settings, **_live_fields(values))
+
+
+def _live_fields(values: Mapping[str, object]) -> dict[str, object]:
+    """The ``Settings`` fields of the live parameters, from their (checked) values."""
+    vocabulary_file = str(values['vocabulary_file']) or None
+    if vocabulary_file is not None and not Path(vocabulary_file).is_file():
+        raise SettingsError(f'parameter vocabulary_file: no file at {vocabulary_file!r}')
+    return {
+        'vocabulary': tuple(values['vocabulary']),
+        'vocabulary_file': vocabulary_file,
+        'max_rate_hz': float(values['input.max_rate_hz']),
+        'warn_after_s': float(values['input.warn_after_s']),
+        'overlay_alpha': float(values['overlay.alpha']),
+    }
