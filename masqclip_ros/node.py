@@ -1,7 +1,10 @@
 """masqclip_node: live open-vocabulary segmentation and "find the red mug" as a lifecycle node.
 
-Wiring only: conversions, message building and 3D geometry are pure functions in sibling
-modules; the model is a ``masqclip`` ``Predictor``. Start it without launch with
+Declaration, lifecycle, callbacks and publishing. The rest lives in sibling modules: policy and
+thread-safe state (``runtime``), the frames kept for find (``history``) and a find's answer
+(``find``), the image subscription's QoS (``image_qos``), the thread lanes (``executor``), the
+parameters (``settings``), conversions, messages and 3D geometry; the model is a ``masqclip``
+``Predictor``. Start it without launch with
 ``python -m masqclip_ros.node --ros-args --params-file config/segment.yaml``.
 """
 
@@ -11,10 +14,6 @@ import collections
 import sys
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import rclpy
@@ -22,41 +21,25 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from masqclip_ros.msg import InstanceSegmentation, PanopticSegmentation
 from masqclip_ros.msg import Vocabulary as VocabularyMsg
 from masqclip_ros.srv import FindObjects, GetVocabulary, SetVocabulary
-from rcl_interfaces.msg import (
-    FloatingPointRange,
-    IntegerRange,
-    ParameterDescriptor,
-    SetParametersResult,
-)
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import (
     CallbackGroup,
     MutuallyExclusiveCallbackGroup,
     ReentrantCallbackGroup,
 )
-from rclpy.executors import (
-    ConditionReachedException,
-    Executor,
-    ExternalShutdownException,
-    ShutdownException,
-    TimeoutException,
-)
+from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-)
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
-from masqclip.factory import DEMO_CHECKPOINT, create_predictor
+from masqclip.factory import create_predictor
 from masqclip.inference.predictor import Predictor
 from masqclip.inference.results import SegmentationResult
-from masqclip.inference.vocabulary import Vocabulary, VocabularyError
+from masqclip.inference.vocabulary import Vocabulary, VocabularyEntry, VocabularyError
 from masqclip.visualization import draw_overlay
 from masqclip_ros.conversions import (
     ImageConversionError,
@@ -65,11 +48,20 @@ from masqclip_ros.conversions import (
     depth_msg_to_metres,
     image_msg_to_rgb,
 )
-from masqclip_ros.geometry import Geometry3D, GeometryError, intrinsics_from_k, mask_geometry
+from masqclip_ros.executor import LaneExecutor
+from masqclip_ros.find import answer_on_frame
+from masqclip_ros.geometry import (
+    Geometry3D,
+    GeometryError,
+    Intrinsics,
+    intrinsics_from_k,
+    mask_geometry,
+)
+from masqclip_ros.history import FrameHistory, NoFrame
+from masqclip_ros.image_qos import image_qos, silence_report
 from masqclip_ros.messages import (
     detections_to_msg,
     diagnostics_to_msg,
-    instance_to_msg,
     instances_to_msg,
     markers_to_msg,
     msgs_to_entries,
@@ -78,9 +70,17 @@ from masqclip_ros.messages import (
     vocabulary_to_msg,
 )
 from masqclip_ros.runtime import (
+    Frame,
+    LatestSlot,
+    RateGate,
+    RateLimitedLog,
+    Stats,
     changed_vocabulary,
     find_request_problem,
+    nearest_depth,
+    parameter_vocabulary,
     stamp_problem,
+    stamp_text,
     vocabulary_summary,
 )
 from masqclip_ros.settings import (
@@ -88,8 +88,9 @@ from masqclip_ros.settings import (
     SPECS,
     Settings,
     SettingsError,
-    check_value,
+    check_change,
     settings_from_values,
+    with_live_values,
 )
 
 try:  # the Detection2DArray mirror exists only where vision_msgs is installed
@@ -102,184 +103,13 @@ OUTPUT_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED_QOS = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
-LOG_PERIOD_S = 5.0
 FIND_THREADS = 64
 """Finds served at once, each waiting for its frame on a thread of the find lane; more queue
 for a thread, among themselves only."""
 SERVICE_QOS = QoSProfile(depth=4 * FIND_THREADS, reliability=ReliabilityPolicy.RELIABLE)
 """Deep: the default depth of 10 drops requests (and unacknowledged answers) beyond ten at once."""
-
-
-@dataclass
-class Frame:
-    """A converted camera image waiting for inference."""
-
-    header: Header
-    pixels: np.ndarray
-    color: str
-    convert_s: float
-
-
-@dataclass
-class FrameRecord:
-    """What the find service needs of a processed frame (no full-size instance masks)."""
-
-    index: int
-    header: Header
-    result: SegmentationResult
-    vocabulary_version: int
-    depth_m: np.ndarray | None
-    intrinsics: object | None
-
-
-class LatestSlot:
-    """A depth-1 queue that keeps the newest item: a put replaces an item not yet taken."""
-
-    def __init__(self) -> None:
-        self._item: Frame | None = None
-        self._ready = threading.Condition()
-
-    def put(self, item: Frame) -> bool:
-        """Store ``item``; return True when it replaced (dropped) an untaken one."""
-        with self._ready:
-            dropped = self._item is not None
-            self._item = item
-            self._ready.notify()
-        return dropped
-
-    def take(self, timeout: float) -> Frame | None:
-        """Wait up to ``timeout`` seconds for an item and remove it."""
-        with self._ready:
-            if self._item is None:
-                self._ready.wait(timeout)
-            item, self._item = self._item, None
-        return item
-
-    def clear(self) -> None:
-        """Forget a waiting item."""
-        with self._ready:
-            self._item = None
-
-
-class RateLimitedLog:
-    """Logs each kind of fault at most once per period, saying how many were suppressed."""
-
-    def __init__(self, log: object, period_s: float = LOG_PERIOD_S) -> None:
-        self._log = log
-        self._period = period_s
-        self._last: dict[tuple[str, ...], float] = {}
-        self._suppressed: collections.Counter = collections.Counter()
-        self._lock = threading.Lock()
-
-    def __call__(self, level: str, key: tuple[str, ...], message: str) -> None:
-        """Log ``message`` at ``level`` ('error' or 'warning') unless ``key`` was logged
-        within the period."""
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last.get(key, -1e9) < self._period:
-                self._suppressed[key] += 1
-                return
-            self._last[key] = now
-            suppressed = self._suppressed.pop(key, 0)
-        if suppressed:
-            message += f' ({suppressed} more like this in the last {self._period:g} s)'
-        # rclpy's logger refuses two severities from one call site: one call per level.
-        if level == 'error':
-            self._log.error(message)
-        else:
-            self._log.warning(message)
-
-
-class Stats:
-    """Counters and timings for /diagnostics; windows restart at each report."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.received = self.processed = self.dropped = self.rejected = self.skipped = 0
-        self.errors = 0
-        self.last_image = None
-        self.window_start = time.monotonic()
-        self.window_received = self.window_processed = 0
-        self.latencies: list[float] = []
-        self.predict_times: list[float] = []
-        self.overheads: list[float] = []
-
-    def take_window(self) -> dict[str, float]:
-        """Rates and mean/max times since the last call, and restart the window."""
-        with self.lock:
-            now = time.monotonic()
-            span = max(now - self.window_start, 1e-6)
-            out = {
-                'input rate (Hz)': self.window_received / span,
-                'output rate (Hz)': self.window_processed / span,
-                'latency mean (s)': float(np.mean(self.latencies)) if self.latencies else 0.0,
-                'latency max (s)': float(np.max(self.latencies)) if self.latencies else 0.0,
-                'predictor time (s)': float(np.mean(self.predict_times))
-                if self.predict_times
-                else 0.0,
-                'node overhead (s)': float(np.mean(self.overheads)) if self.overheads else 0.0,
-            }
-            self.window_start = now
-            self.window_received = self.window_processed = 0
-            self.latencies, self.predict_times, self.overheads = [], [], []
-        return out
-
-
-class LaneExecutor(Executor):
-    """An executor whose callback groups may own thread pools ("lanes"); the other callbacks
-    share the default pool.
-
-    rclpy's MultiThreadedExecutor runs every callback on one pool, so callbacks that wait
-    (a find waiting for the next frame) can hold every thread while the image callback that
-    would end their wait queues behind them. A callback of a lane never waits for a thread of
-    another lane or of the default pool, nor takes one.
-
-    :param lanes: callback group -> the threads of its own pool.
-    :param num_threads: threads of the default pool.
-    """
-
-    def __init__(self, lanes: dict[CallbackGroup, int], num_threads: int = 4) -> None:
-        super().__init__()
-        self._default_pool = ThreadPoolExecutor(num_threads, 'masqclip-callbacks')
-        self._lane_pools = {
-            group: ThreadPoolExecutor(threads, f'masqclip-lane{number}')
-            for number, (group, threads) in enumerate(lanes.items())
-        }
-        self._handlers: list[Future] = []
-
-    def spin_once(self, timeout_sec: float | None = None) -> None:
-        self._spin_once_impl(timeout_sec)
-
-    def _spin_once_until_future_complete(
-        self, future: Future, timeout_sec: float | None = None
-    ) -> None:  # what Executor.spin_until_future_complete calls
-        self._spin_once_impl(timeout_sec, future.done)
-
-    def _spin_once_impl(
-        self, timeout_sec: float | None = None, wait_condition: Callable[[], bool] = lambda: False
-    ) -> None:
-        try:
-            handler, entity, _ = self.wait_for_ready_callbacks(timeout_sec, None, wait_condition)
-        except (
-            ConditionReachedException,
-            ExternalShutdownException,
-            ShutdownException,
-            TimeoutException,
-        ):
-            return
-        group = getattr(entity, 'callback_group', None)
-        self._lane_pools.get(group, self._default_pool).submit(handler)
-        self._handlers.append(handler)
-        for done in [handler for handler in self._handlers if handler.done()]:
-            self._handlers.remove(done)
-            done.result()  # a callback's exception stops spin, as in rclpy's executors
-
-    def shutdown(self, timeout_sec: float | None = None) -> bool:
-        """Stop executing callbacks and wait for the running ones to finish."""
-        finished = super().shutdown(timeout_sec)
-        for pool in (self._default_pool, *self._lane_pools.values()):
-            pool.shutdown(wait=True)
-        return finished
+PUBLISHER_POLL_S = 1.0
+"""How often input.reliability auto looks at the image publishers again."""
 
 
 class SegmentationNode(LifecycleNode):
@@ -288,18 +118,7 @@ class SegmentationNode(LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: object) -> None:
         super().__init__(node_name, **kwargs)
         for spec in PARAMETERS:
-            descriptor = ParameterDescriptor(description=spec.description)
-            if spec.choices:
-                descriptor.additional_constraints = 'one of: ' + ', '.join(spec.choices)
-            if spec.bounds is not None and isinstance(spec.default, float):
-                descriptor.floating_point_range = [
-                    FloatingPointRange(from_value=spec.bounds[0], to_value=spec.bounds[1])
-                ]
-            elif spec.bounds is not None:
-                descriptor.integer_range = [
-                    IntegerRange(from_value=int(spec.bounds[0]), to_value=int(spec.bounds[1]))
-                ]
-            self.declare_parameter(spec.name, spec.default, descriptor)
+            self.declare_parameter(spec.name, spec.default, spec.descriptor())
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self.settings: Settings | None = None
@@ -311,17 +130,15 @@ class SegmentationNode(LifecycleNode):
         # never across an image pass: predict snapshots its vocabulary itself. find never
         # takes it: it scores a stored frame with the predictor's thread-safe text cache.
         self._vocabulary_lock = threading.RLock()
-        self._slot = LatestSlot()
-        self._frames: collections.deque[FrameRecord] = collections.deque()
-        self._frame_ready = threading.Condition()
-        self._frame_index = 0
+        self._slot: LatestSlot[Frame] = LatestSlot()
+        self._history = FrameHistory()
+        self._rate_gate = RateGate()
         self._depth: collections.deque[Image] = collections.deque(maxlen=8)
         self._camera_info: CameraInfo | None = None
         self._worker: threading.Thread | None = None
         self._running = threading.Event()
         self._active_since = 0.0
         self._last_warning = 0.0
-        self._last_rate_accept = 0.0
         self._image_subscription = None
         self._subscription_handles: list = []
         self._outputs: dict[str, object] = {}
@@ -371,7 +188,7 @@ class SegmentationNode(LifecycleNode):
             settings = settings_from_values(
                 {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
             )
-            vocabulary = self._vocabulary_from(settings.vocabulary, settings.vocabulary_file)
+            vocabulary = parameter_vocabulary(settings.vocabulary, settings.vocabulary_file)
         except (SettingsError, VocabularyError) as error:
             self.get_logger().error(f'configure failed: {error}')
             return TransitionCallbackReturn.FAILURE
@@ -380,13 +197,12 @@ class SegmentationNode(LifecycleNode):
             predictor = create_predictor(**settings.predictor_options())
         except (OSError, ValueError, RuntimeError) as error:
             self.get_logger().error(
-                f'configure failed: cannot build the model {model_name(settings)} '
+                f'configure failed: cannot build the model {settings.model_name} '
                 f'(backend {settings.backend}, device {settings.device}): {error}'
             )
             return TransitionCallbackReturn.FAILURE
         self.settings = settings
-        with self._frame_ready:
-            self._frames = collections.deque(maxlen=settings.find_buffer_size)
+        self._history.clear(settings.find_buffer_size)
         self._outputs = {
             'instances': self.create_publisher(InstanceSegmentation, '~/instances', OUTPUT_QOS),
             'semantic': self.create_publisher(Image, '~/semantic', OUTPUT_QOS),
@@ -407,8 +223,12 @@ class SegmentationNode(LifecycleNode):
         self._timer_handles = [
             self.create_timer(settings.diagnostics_period_s, self._on_diagnostics)
         ]
+        if settings.reliability == 'auto':
+            self._timer_handles.append(
+                self.create_timer(PUBLISHER_POLL_S, self._follow_publishers)
+            )
         self.get_logger().info(
-            f'configured: model {model_name(settings)} on {settings.device} '
+            f'configured: model {settings.model_name} on {settings.device} '
             f'({settings.backend}, {settings.precision}) in {time.perf_counter() - started:.1f} s'
             f', {len(vocabulary)} classes'
         )
@@ -430,14 +250,9 @@ class SegmentationNode(LifecycleNode):
         self._image_subscription = self._subscribe_image(settings)
         group = self._input_group
         self._subscription_handles = [
-            self.create_subscription(
-                VocabularyMsg,
-                'vocabulary',
-                self._on_vocabulary_topic,
-                LATCHED_QOS,
-                callback_group=group,
-            ),  # fmt: skip
-        ]
+            self.create_subscription(VocabularyMsg, 'vocabulary', self._on_vocabulary_topic,
+                                     LATCHED_QOS, callback_group=group),
+        ]  # fmt: skip
         if settings.depth_enabled:
             self._subscription_handles += [
                 self.create_subscription(
@@ -450,6 +265,7 @@ class SegmentationNode(LifecycleNode):
         self._active_since = self._last_warning = time.monotonic()
         self._slot.clear()  # a frame a late callback left while inactive
         self._running.set()
+        self._history.start()
         self._worker = threading.Thread(
             target=self._run_worker, name='masqclip-inference', daemon=True
         )
@@ -499,8 +315,7 @@ class SegmentationNode(LifecycleNode):
         for timer in self._timer_handles:
             self.destroy_timer(timer)
         self._outputs, self._timer_handles = {}, []
-        with self._frame_ready:  # a find may be reading the ring
-            self._frames.clear()
+        self._history.clear()
         self._depth.clear()
 
     def stop(self) -> None:
@@ -513,8 +328,7 @@ class SegmentationNode(LifecycleNode):
         if self._worker is not None:
             self._worker.join()
             self._worker = None
-        with self._frame_ready:  # NEXT finds stop waiting for a frame that will not come
-            self._frame_ready.notify_all()
+        self._history.stop()  # NEXT finds stop waiting for a frame that will not come
 
     def _subscribe_image(self, settings: Settings) -> object:
         """Subscribe to the camera topic with ``self._image_qos``."""
@@ -532,8 +346,14 @@ class SegmentationNode(LifecycleNode):
     def _follow_publishers(self) -> None:
         """With reliability auto, switch the image subscription when the publishers change: a
         camera started after the node is usually reliable, and best effort would lose large
-        frames in transport."""
-        if self.settings.reliability != 'auto' or self._image_subscription is None:
+        frames in transport.
+
+        Polled, as rclpy calls nothing when a topic gains or loses a publisher, on a timer of
+        its own: publishing diagnostics must not change subscriptions, nor a long diagnostics
+        period delay the switch. In the default callback group, with the lifecycle services,
+        so never during a transition that subscribes or unsubscribes.
+        """
+        if self._image_subscription is None:  # not active
             return
         wanted = self._choose_image_qos(self.settings)
         if wanted.reliability == self._image_qos.reliability:
@@ -547,38 +367,18 @@ class SegmentationNode(LifecycleNode):
         )
 
     def _choose_image_qos(self, settings: Settings) -> QoSProfile:
-        """Depth 1, keep last; reliability from the parameter or, for auto, the publishers."""
-        if settings.reliability == 'reliable':
-            reliability = ReliabilityPolicy.RELIABLE
-        elif settings.reliability == 'best_effort':
-            reliability = ReliabilityPolicy.BEST_EFFORT
-        else:
-            topic = 'image/compressed' if settings.compressed else 'image'
-            found = self.get_publishers_info_by_topic(self.resolve_topic_name(topic))
-            # Best effort matches every publisher, so it is the choice unless all the
-            # publishers present are reliable (then reliable delivery costs nothing).
-            all_reliable = bool(found) and all(
-                info.qos_profile.reliability == ReliabilityPolicy.RELIABLE for info in found
-            )
-            reliability = (
-                ReliabilityPolicy.RELIABLE if all_reliable else ReliabilityPolicy.BEST_EFFORT
-            )
-        return QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=reliability)
+        topic = 'image/compressed' if settings.compressed else 'image'
+        publishers = self.get_publishers_info_by_topic(self.resolve_topic_name(topic))
+        return image_qos(settings.reliability, publishers)
 
     # Inputs ---------------------------------------------------------------------------
 
     def _accept_rate(self) -> bool:
-        with self.stats.lock:
-            self.stats.received += 1
-            self.stats.window_received += 1
-            self.stats.last_image = time.monotonic()
-        max_rate = self.get_parameter('input.max_rate_hz').value
-        now = time.monotonic()
-        if max_rate > 0 and now - self._last_rate_accept < 1.0 / max_rate:
-            self.stats.skipped += 1
-            return False
-        self._last_rate_accept = now
-        return True
+        self.stats.image_received()
+        if self._rate_gate.admit(self.settings.max_rate_hz):
+            return True
+        self.stats.image_skipped()
+        return False
 
     def _on_image(self, msg: Image) -> None:
         self._convert_and_enqueue(msg, image_msg_to_rgb)
@@ -604,14 +404,12 @@ class SegmentationNode(LifecycleNode):
         self._enqueue(Frame(msg.header, pixels, color, time.perf_counter() - started))
 
     def _reject(self, key: tuple[str, ...], message: str) -> None:
-        with self.stats.lock:
-            self.stats.rejected += 1
+        self.stats.input_rejected()
         self._log('error', key, message)
 
     def _enqueue(self, frame: Frame) -> None:
         if self._slot.put(frame):
-            with self.stats.lock:
-                self.stats.dropped += 1
+            self.stats.frame_dropped()
 
     def _stamp_ok(self, msg: object, kind: str, topic: str) -> bool:
         """Refuse an input whose stamp is no ROS time at the door: kept, it would fail every
@@ -632,7 +430,7 @@ class SegmentationNode(LifecycleNode):
 
     def _on_vocabulary_topic(self, msg: VocabularyMsg) -> None:
         ok, message, _, _ = self._change_vocabulary(
-            msg.entries, SetVocabulary.Request.REPLACE, 'the vocabulary topic'
+            msgs_to_entries(msg.entries), SetVocabulary.Request.REPLACE, 'the vocabulary topic'
         )
         if not ok:
             self._log('error', ('vocabulary',), f'rejected vocabulary on topic: {message}')
@@ -647,12 +445,11 @@ class SegmentationNode(LifecycleNode):
             try:
                 self._process(frame)
             except Exception as error:  # noqa: BLE001 - one bad frame must not stop the node
-                with self.stats.lock:
-                    self.stats.errors += 1
+                self.stats.inference_failed()
                 self._log(
                     'error',
                     ('inference', type(error).__name__),
-                    f'frame {frame.header.stamp.sec}.{frame.header.stamp.nanosec:09d} failed: '
+                    f'frame {stamp_text(frame.header.stamp)} failed: '
                     f'{type(error).__name__}: {error}',
                 )
 
@@ -679,19 +476,15 @@ class SegmentationNode(LifecycleNode):
                 for inst in result.instances
             ]
         # Remembered first: a client that sees this frame's outputs can find on it at once.
-        self._remember(header, result, version, depth_m, intrinsics)
+        self._history.remember(header, result, version, depth_m, intrinsics)
         self._publish(frame, result, version, geometries)
         done = time.perf_counter()
-        with self.stats.lock:
-            self.stats.processed += 1
-            self.stats.window_processed += 1
-            self.stats.predict_times.append(predict_time)
-            # Node overhead: conversion, 3D, message building and publishing (no queue wait).
-            self.stats.overheads.append(frame.convert_s + done - predicted)
-            stamp = Time.from_msg(header.stamp)
-            if stamp.nanoseconds > 0:
-                now = self.get_clock().now()
-                self.stats.latencies.append((now - stamp).nanoseconds * 1e-9)
+        stamp = Time.from_msg(header.stamp)
+        latency = None
+        if stamp.nanoseconds > 0:
+            latency = (self.get_clock().now() - stamp).nanoseconds * 1e-9
+        # Node overhead: conversion, 3D, message building and publishing (no queue wait).
+        self.stats.frame_processed(predict_time, frame.convert_s + done - predicted, latency)
 
     def _publish(
         self,
@@ -719,48 +512,23 @@ class SegmentationNode(LifecycleNode):
             out['markers'].publish(markers_to_msg(labels, geometries, header))
         if wanted('overlay'):
             rgb = frame.pixels if frame.color == 'rgb' else frame.pixels[:, :, ::-1]
-            alpha = self.get_parameter('overlay.alpha').value
-            drawing = draw_overlay(rgb, result, alpha=alpha)
+            drawing = draw_overlay(rgb, result, alpha=self.settings.overlay_alpha)
             out['overlay'].publish(array_to_image_msg(drawing, 'rgb8', header))
 
-    def _remember(
-        self,
-        header: Header,
-        result: SegmentationResult,
-        version: int,
-        depth_m: np.ndarray | None,
-        intrinsics: object | None,
-    ) -> None:
-        # find needs only the proposals: dropping the full-size masks keeps the ring small.
-        slim = replace(result, instances=[], semantic=None, panoptic=None, segments=[])
-        with self._frame_ready:
-            self._frame_index += 1
-            record = FrameRecord(self._frame_index, header, slim, version, depth_m, intrinsics)
-            self._frames.append(record)
-            self._frame_ready.notify_all()
-
-    def _depth_for(self, header: Header) -> tuple[np.ndarray | None, object | None]:
-        """The depth image closest in time to ``header`` (within the slop) and intrinsics."""
+    def _depth_for(self, header: Header) -> tuple[np.ndarray | None, Intrinsics | None]:
+        """The depth image paired with ``header`` (in metres) and the intrinsics, or Nones."""
         settings = self.settings
-        if not self._depth or self._camera_info is None:
+        info = self._camera_info
+        if info is None:
             return None, None
-        stamp = Time.from_msg(header.stamp).nanoseconds
-        best = min(
-            list(self._depth),
-            key=lambda msg: abs(Time.from_msg(msg.header.stamp).nanoseconds - stamp),
-        )
-        offset = abs(Time.from_msg(best.header.stamp).nanoseconds - stamp) * 1e-9
-        if offset > settings.depth_sync_slop_s:
-            self._log(
-                'warning',
-                ('depth', 'sync'),
-                f'no depth image within {settings.depth_sync_slop_s} s of the camera image '
-                f'(closest {offset:.3f} s): no 3D for this frame',
-            )
+        # A copy: the depth callback appends meanwhile.
+        depth, problem = nearest_depth(list(self._depth), header.stamp, settings.depth_sync_slop_s)
+        if problem is not None:
+            self._log('warning', ('depth', 'sync'), problem)
+        if depth is None:
             return None, None
         try:
-            depth_m = depth_msg_to_metres(best, settings.depth_scale, settings.max_pixels)
-            info = self._camera_info
+            depth_m = depth_msg_to_metres(depth, settings.depth_scale, settings.max_pixels)
             intrinsics = intrinsics_from_k(info.k, info.height, info.width)
         except ImageConversionError as error:
             self._reject(('depth', error.field), f'rejected depth image: {error}')
@@ -771,12 +539,6 @@ class SegmentationNode(LifecycleNode):
         return depth_m, intrinsics
 
     # Vocabulary -----------------------------------------------------------------------
-
-    @staticmethod
-    def _vocabulary_from(names: tuple[str, ...], path: str | None) -> Vocabulary:
-        if path is not None:
-            return Vocabulary.from_yaml(path)
-        return Vocabulary.from_names(names)
 
     def _apply_vocabulary(self, vocabulary: Vocabulary, source: str) -> tuple[float, str | None]:
         """Make ``vocabulary`` current as a new version; return the text encoding seconds and
@@ -798,38 +560,32 @@ class SegmentationNode(LifecycleNode):
         return seconds, unknown
 
     def _change_vocabulary(
-        self, entries: list, mode: int, source: str
+        self, entries: tuple[VocabularyEntry, ...], mode: int, source: str
     ) -> tuple[bool, str, int, float]:
-        """Apply a vocabulary request (``source`` names it in the log); return (success,
-        message, version, encode seconds)."""
+        """Apply a vocabulary change unless it changes nothing (the version counts changes;
+        ``source`` names it in the log); return (success, the refusal or a summary, version,
+        encode seconds)."""
         with self._vocabulary_lock:
             if self.predictor is None:
                 return False, 'the node is not configured', self.vocabulary_version, 0.0
             current = self.predictor.vocabulary
             try:
-                vocabulary = changed_vocabulary(current, msgs_to_entries(entries), mode)
+                vocabulary = changed_vocabulary(current, entries, mode)
             except (VocabularyError, TypeError) as error:
                 return False, str(error), self.vocabulary_version, 0.0
-            return True, *self._install_vocabulary(vocabulary, source)
-
-    def _install_vocabulary(self, vocabulary: Vocabulary, source: str) -> tuple[str, int, float]:
-        """Make ``vocabulary`` current unless it already is (the version counts changes);
-        return (summary, version, encode seconds). The node must be configured."""
-        with self._vocabulary_lock:
-            if vocabulary == self.predictor.vocabulary:
-                summary = f'unchanged, {vocabulary_summary(vocabulary)}'
-                return summary, self.vocabulary_version, 0.0
-            seconds, unknown = self._apply_vocabulary(vocabulary, source)
             summary = vocabulary_summary(vocabulary)
+            if vocabulary == current:
+                return True, f'unchanged, {summary}', self.vocabulary_version, 0.0
+            seconds, unknown = self._apply_vocabulary(vocabulary, source)
             if unknown:  # the caller learns why some classes cannot be found
                 summary = f'{summary}; warning: {unknown}'
-            return summary, self.vocabulary_version, seconds
+            return True, summary, self.vocabulary_version, seconds
 
     def _on_set_vocabulary(
         self, request: SetVocabulary.Request, response: SetVocabulary.Response
     ) -> SetVocabulary.Response:
         ok, message, version, seconds = self._change_vocabulary(
-            request.entries, request.mode, 'set_vocabulary'
+            msgs_to_entries(request.entries), request.mode, 'set_vocabulary'
         )
         response.success, response.message, response.version = ok, message, version
         response.encode_time_s = float(seconds)
@@ -850,38 +606,33 @@ class SegmentationNode(LifecycleNode):
         return response
 
     def _on_set_parameters(self, parameters: list) -> SetParametersResult:
-        """Check changed values; apply live ones, refuse the others while configured."""
-        vocabulary_change = {}
-        for parameter in parameters:
-            spec = SPECS.get(parameter.name)
-            if spec is None:
-                continue
-            try:
-                check_value(parameter.name, parameter.value)
-            except SettingsError as error:
-                return SetParametersResult(successful=False, reason=str(error))
-            if self.predictor is None:
-                continue
-            if not spec.live:
-                return SetParametersResult(
-                    successful=False,
-                    reason=f'{parameter.name} takes effect on configure: deactivate, clean up, '
-                    'set it, then configure and activate again',
-                )
-            if parameter.name in ('vocabulary', 'vocabulary_file'):
-                vocabulary_change[parameter.name] = parameter.value
-        if vocabulary_change and self.predictor is not None:
-            names = vocabulary_change.get('vocabulary', self.get_parameter('vocabulary').value)
-            path = vocabulary_change.get(
-                'vocabulary_file', self.get_parameter('vocabulary_file').value
+        """Check changed values. While configured, refuse all but live ones, and apply those:
+        to the settings, which the node reads them from, and to the vocabulary."""
+        configured = self.predictor is not None
+        changes = {
+            parameter.name: parameter.value for parameter in parameters if parameter.name in SPECS
+        }
+        vocabulary = None
+        try:
+            for name, value in changes.items():
+                check_change(name, value, configured)
+            if not configured or not changes:  # configure reads every value
+                return SetParametersResult(successful=True)
+            live = {
+                spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS if spec.live
+            }
+            settings = with_live_values(self.settings, {**live, **changes})
+            if changes.keys() & {'vocabulary', 'vocabulary_file'}:
+                vocabulary = parameter_vocabulary(settings.vocabulary, settings.vocabulary_file)
+        except (SettingsError, VocabularyError) as error:
+            return SetParametersResult(successful=False, reason=str(error))
+        if vocabulary is not None:
+            ok, message, _, _ = self._change_vocabulary(
+                vocabulary.entries, SetVocabulary.Request.REPLACE, 'parameters'
             )
-            try:
-                vocabulary = self._vocabulary_from(tuple(names), path or None)
-                if len(vocabulary) == 0:
-                    raise VocabularyError('the vocabulary would be empty; keep at least one class')
-            except VocabularyError as error:
-                return SetParametersResult(successful=False, reason=str(error))
-            self._install_vocabulary(vocabulary, 'parameters')
+            if not ok:
+                return SetParametersResult(successful=False, reason=message)
+        self.settings = settings
         return SetParametersResult(successful=True)
 
     # Find -----------------------------------------------------------------------------
@@ -897,95 +648,16 @@ class SegmentationNode(LifecycleNode):
         if predictor is None:
             response.message = 'the node is not configured'
             return response
-        record = self._find_frame(request, response)
-        if record is None:
+        record = self._history.find(request, self._image_topic)
+        if isinstance(record, NoFrame):
+            response.status, response.message = record.status, record.message
             return response
-        response.header = record.header
-        try:
-            matches = predictor.find(
-                record.result,
-                request.query,
-                list(request.negative_queries),
-                max_results=int(request.max_results),
-                min_score=float(request.min_score),
-            )
-        except (VocabularyError, ValueError) as error:
-            response.message = f'cannot score query {request.query!r}: {error}'
-            return response
-        use_3d = request.return_3d and record.depth_m is not None
-        for match in matches:
-            geometry = None
-            if use_3d:
-                geometry = mask_geometry(
-                    match.mask, record.depth_m, record.intrinsics, self.settings.depth_min_points
-                )
-            out = instance_to_msg(match, record.header, request.return_masks, geometry)
-            out.class_id = -1
-            response.matches.append(out)
-        if matches:
-            response.status = FindObjects.Response.FOUND
-            response.message = f'{len(matches)} match(es) for {request.query!r}'
-        else:
-            response.status = FindObjects.Response.NOT_FOUND
-            response.message = f'nothing scores at least {request.min_score} for {request.query!r}'
-        unknown = predictor.unknown_words_warning([request.query, *request.negative_queries])
+        unknown = answer_on_frame(
+            request, response, predictor, record, self.settings.depth_min_points
+        )
         if unknown:
-            response.message += f'; warning: {unknown}'
             self._log('warning', ('find', 'unknown words'), f'find {request.query!r}: {unknown}')
         return response
-
-    def _find_frame(
-        self, request: FindObjects.Request, response: FindObjects.Response
-    ) -> FrameRecord | None:
-        """The frame a (valid) find request asks for, or None with the response's status set."""
-        with self._frame_ready:
-            if request.frame == FindObjects.Request.NEXT:
-                return self._next_frame(request.timeout_s, response)
-            if request.frame == FindObjects.Request.STAMP:
-                for record in self._frames:
-                    if record.header.stamp == request.stamp:
-                        return record
-                response.status = FindObjects.Response.NO_FRAME
-                kept = [f'{r.header.stamp.sec}.{r.header.stamp.nanosec:09d}' for r in self._frames]
-                response.message = (
-                    f'no recent frame has stamp {request.stamp.sec}.{request.stamp.nanosec:09d}; '
-                    f'kept: {", ".join(kept) or "none"}'
-                )
-                return None
-            if not self._frames:
-                response.status = FindObjects.Response.NO_FRAME
-                response.message = 'no frame has been processed yet'
-                return None
-            return self._frames[-1]
-
-    def _next_frame(self, timeout_s: float, response: FindObjects.Response) -> FrameRecord | None:
-        """Wait (``_frame_ready`` held) for the first frame processed after this call; None with
-        the response's status set on timeout or when the node stops segmenting."""
-        wanted = self._frame_index + 1
-        deadline = time.monotonic() + timeout_s
-        while self._frame_index < wanted:
-            left = deadline - time.monotonic()
-            if not self._running.is_set():
-                response.status = FindObjects.Response.NO_FRAME
-                response.message = (
-                    'the node is not active: no new frame will come (activate it, or ask for '
-                    'LATEST)'
-                )
-                return None
-            if left <= 0:
-                response.status = FindObjects.Response.TIMEOUT
-                response.message = (
-                    f'no frame was processed within {timeout_s:g} s; is anything publishing on '
-                    f'{self._image_topic or "image"}?'
-                )
-                return None
-            self._frame_ready.wait(left)
-        # The oldest kept frame from the one wanted on: a waiter woken late may find it evicted.
-        record = next((r for r in self._frames if r.index >= wanted), None)
-        if record is None:
-            response.status = FindObjects.Response.NO_FRAME
-            response.message = 'the node was cleaned up while waiting for the next frame'
-        return record
 
     # Diagnostics ----------------------------------------------------------------------
 
@@ -994,29 +666,23 @@ class SegmentationNode(LifecycleNode):
         window = self.stats.take_window()
         now = time.monotonic()
         level, message = DiagnosticStatus.OK, 'segmenting'
-        active = self._running.is_set()
-        if not active:
-            level, message = DiagnosticStatus.OK, 'configured, not active'
+        if not self._running.is_set():
+            message = 'configured, not active'
         else:
-            self._follow_publishers()
-            last = self.stats.last_image or self._active_since
-            silent = now - last
-            warn_after = self.get_parameter('input.warn_after_s').value
-            if silent > warn_after:
+            silent = now - (self.stats.last_image or self._active_since)
+            if silent > settings.warn_after_s:
                 level = DiagnosticStatus.WARN
                 message = f'no image for {silent:.0f} s on {self._image_topic}'
-                if now - self._last_warning > warn_after:
+                if now - self._last_warning > settings.warn_after_s:
                     self._last_warning = now
-                    self.get_logger().warning(self._silence_report(silent))
+                    publishers = self.get_publishers_info_by_topic(self._image_topic)
+                    self.get_logger().warning(
+                        silence_report(self._image_topic, silent, self._image_qos, publishers)
+                    )
         values = {
             **window,
-            'received': self.stats.received,
-            'processed': self.stats.processed,
-            'dropped (queue)': self.stats.dropped,
-            'rejected (malformed)': self.stats.rejected,
-            'skipped (max_rate_hz)': self.stats.skipped,
-            'inference errors': self.stats.errors,
-            'model': model_name(settings),
+            **self.stats.totals(),
+            'model': settings.model_name,
             'backend': settings.backend,
             'device': settings.device,
             'precision': settings.precision,
@@ -1034,32 +700,6 @@ class SegmentationNode(LifecycleNode):
                 values,
             )
         )
-
-    def _silence_report(self, silent: float) -> str:
-        qos = self._image_qos
-        ours = f'{qos.reliability.name.lower()}, depth {qos.depth}' if qos else 'unknown QoS'
-        publishers = self.get_publishers_info_by_topic(self._image_topic)
-        if not publishers:
-            theirs = 'no publisher exists on it (check the remapping and ROS_DOMAIN_ID)'
-        else:
-            kinds = sorted({info.qos_profile.reliability.name.lower() for info in publishers})
-            theirs = f'{len(publishers)} publisher(s) with reliability {"/".join(kinds)}'
-            if qos and qos.reliability == ReliabilityPolicy.RELIABLE and 'best_effort' in kinds:
-                theirs += ': a reliable subscription never receives from best_effort ' \
-                    'publishers; set input.reliability to best_effort or auto'  # fmt: skip
-        return f'no image received for {silent:.1f} s on {self._image_topic} ({ours}); {theirs}'
-
-
-def model_name(settings: Settings) -> str:
-    """The model as logs and diagnostics name it: the architecture and where its weights come
-    from, e.g. 'masqclip_r50_vitb16 (random weights)' or 'masqclip_demo.pt.gz'."""
-    checkpoint = settings.checkpoint
-    if checkpoint == 'demo' or not (checkpoint or settings.model_config):
-        checkpoint = DEMO_CHECKPOINT  # what the predictor loads then
-    if not settings.model_config:  # the checkpoint names its own architecture
-        return Path(checkpoint).name
-    weights = Path(checkpoint).name if checkpoint else 'random weights'
-    return f'{settings.model_config} ({weights})'
 
 
 def main(argv: list[str] | None = None) -> int:

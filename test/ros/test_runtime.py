@@ -1,7 +1,10 @@
-"""The node's policy (masqclip_ros.runtime) without a node: request ranges, stamps, the
-vocabulary rules."""
+"""The node's policy and thread-safe state (masqclip_ros.runtime) without a node: request
+ranges, stamps, the vocabulary rules, depth pairing, the rate gate, the latest-frame slot, the
+rate-limited log and the statistics."""
 
 import math
+import threading
+import time
 
 import pytest
 
@@ -12,12 +15,21 @@ pytest.importorskip(
 
 from builtin_interfaces.msg import Time  # noqa: E402
 from masqclip_ros.srv import FindObjects, SetVocabulary  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
 
 from masqclip.inference.vocabulary import Vocabulary, VocabularyEntry, VocabularyError  # noqa: E402
 from masqclip_ros.runtime import (  # noqa: E402
+    DepthPairing,
+    LatestSlot,
+    RateGate,
+    RateLimitedLog,
+    Stats,
     changed_vocabulary,
     find_request_problem,
+    nearest_depth,
+    parameter_vocabulary,
     stamp_problem,
+    stamp_text,
     vocabulary_summary,
 )
 
@@ -124,3 +136,192 @@ def test_summary_names_the_first_eight_classes() -> None:
     assert vocabulary_summary(CURRENT) == '2 classes: red hollow, table'
     many = Vocabulary.from_names([f'c{i}' for i in range(10)])
     assert vocabulary_summary(many) == '10 classes: c0, c1, c2, c3, c4, c5, c6, c7, ...'
+
+
+def test_parameters_name_the_vocabulary_by_names_or_by_file(tmp_path) -> None:
+    assert parameter_vocabulary(('mug', 'table'), None).names == ('mug', 'table')
+    path = tmp_path / 'fruit.yaml'
+    path.write_text('- apple\n- {name: banana, synonyms: [plantain]}\n')
+    from_file = parameter_vocabulary(('mug',), str(path))
+    assert from_file.names == ('apple', 'banana')
+    assert from_file.entries[1].synonyms == ('plantain',)
+    with pytest.raises(VocabularyError, match='cannot read vocabulary file'):
+        parameter_vocabulary(('mug',), str(tmp_path / 'missing.yaml'))
+
+
+def test_stamp_text_has_nine_digits_of_nanoseconds() -> None:
+    assert stamp_text(Time(sec=3, nanosec=5)) == '3.000000005'
+
+
+def depth(sec: int, nanosec: int = 0) -> Image:
+    image = Image(encoding='32FC1')
+    image.header.stamp.sec, image.header.stamp.nanosec = sec, nanosec
+    return image
+
+
+def test_the_nearest_depth_image_within_the_slop_is_paired() -> None:
+    depths = [depth(10), depth(10, 300_000_000), depth(11)]
+    paired = nearest_depth(depths, Time(sec=10, nanosec=250_000_000), 0.1)
+    assert paired.depth is depths[1] and paired.problem is None
+    # At exactly the slop still paired; the first of two equally near ones wins.
+    assert nearest_depth(depths, Time(sec=10, nanosec=100_000_000), 0.1).depth is depths[0]
+    assert nearest_depth(depths, Time(sec=10, nanosec=150_000_000), 0.2).depth is depths[0]
+
+
+def test_no_depth_image_outside_the_slop_says_how_far_the_closest_is() -> None:
+    assert nearest_depth([depth(10), depth(11)], Time(sec=12, nanosec=500_000_000), 0.5) == (
+        DepthPairing(
+            None,
+            'no depth image within 0.5 s of the camera image (closest 1.500 s): '
+            'no 3D for this frame',
+        )
+    )
+
+
+def test_no_depth_image_at_all_pairs_nothing_silently() -> None:
+    assert nearest_depth([], Time(sec=1), 0.5) == DepthPairing(None, None)
+
+
+def test_stamps_that_are_no_ros_time_are_never_paired() -> None:
+    bad = [depth(-1, 0), depth(10, 1_000_000_000)]
+    # Numerically the nearest, yet passed over.
+    assert nearest_depth([*bad, depth(12)], Time(sec=10), 5.0).depth.header.stamp.sec == 12
+    assert nearest_depth(bad, Time(sec=10), 5.0) == DepthPairing(None, None)
+    paired = nearest_depth([depth(10)], Time(sec=-3), 5.0)
+    assert paired.depth is None
+    assert paired.problem == (
+        'camera image stamp -3 s 0 ns is not a ROS time (sec must be >= 0, nanosec < 1e9): '
+        'no 3D for this frame'
+    )
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_rate_gate_admits_one_frame_per_period() -> None:
+    clock = FakeClock()
+    gate = RateGate(clock)
+    admitted = []
+    for _ in range(10):  # 10 frames 0.1 s apart at 4 Hz: one every 0.25 s, from the first
+        admitted.append(gate.admit(4.0))
+        clock.now += 0.1
+    assert admitted == [True, False, False, True, False, False, True, False, False, True]
+    assert all(gate.admit(0.0) for _ in range(5)), '0 admits every frame'
+
+
+def test_the_slot_keeps_the_newest_and_counts_replacements() -> None:
+    slot = LatestSlot()
+    assert slot.put('a') is False
+    assert slot.put('b') is True, 'a was never taken: dropped'
+    assert slot.take(timeout=1.0) == 'b'
+    started = time.monotonic()
+    assert slot.take(timeout=0.1) is None
+    assert time.monotonic() - started >= 0.1
+    slot.put('c')
+    slot.clear()
+    assert slot.take(timeout=0.0) is None
+    assert slot.put('d') is False, 'nothing waited after the clear'
+
+
+def test_a_take_is_woken_by_a_put_from_another_thread() -> None:
+    slot = LatestSlot()
+    taken = []
+    taker = threading.Thread(target=lambda: taken.append(slot.take(timeout=10.0)))
+    started = time.monotonic()
+    taker.start()
+    time.sleep(0.1)
+    slot.put('frame')
+    taker.join(timeout=5)
+    assert taken == ['frame'] and time.monotonic() - started < 5
+
+
+class FakeLogger:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def error(self, message: str) -> None:
+        self.lines.append(('error', message))
+
+    def warning(self, message: str) -> None:
+        self.lines.append(('warning', message))
+
+
+def test_the_log_says_each_kind_once_per_period_and_counts_the_rest() -> None:
+    logger, clock = FakeLogger(), FakeClock()
+    log = RateLimitedLog(logger, period_s=5.0, clock=clock)
+    log('error', ('image', 'step'), 'bad step 1')
+    log('error', ('image', 'step'), 'bad step 2')
+    log('warning', ('depth', 'sync'), 'no depth 1')  # another kind: its own period
+    clock.now += 4.9
+    log('error', ('image', 'step'), 'bad step 3')
+    assert logger.lines == [('error', 'bad step 1'), ('warning', 'no depth 1')]
+    clock.now += 0.1
+    log('error', ('image', 'step'), 'bad step 4')
+    log('warning', ('depth', 'sync'), 'no depth 2')
+    assert logger.lines[2:] == [
+        ('error', 'bad step 4 (2 more like this in the last 5 s)'),
+        ('warning', 'no depth 2'),
+    ]
+
+
+def test_stats_count_every_event_and_report_windows_that_restart() -> None:
+    clock = FakeClock()
+    stats = Stats(clock)
+    assert stats.last_image is None
+    for _ in range(4):
+        stats.image_received()
+    stats.image_skipped()
+    stats.input_rejected()
+    stats.frame_dropped()
+    stats.inference_failed()
+    stats.frame_processed(predict_s=0.2, overhead_s=0.01, latency_s=0.3)
+    stats.frame_processed(predict_s=0.4, overhead_s=0.03, latency_s=None)  # unstamped
+    assert stats.last_image == clock.now
+    assert stats.totals() == {
+        'received': 4,
+        'processed': 2,
+        'dropped (queue)': 1,
+        'rejected (malformed)': 1,
+        'skipped (max_rate_hz)': 1,
+        'inference errors': 1,
+    }
+    clock.now += 2.0
+    assert stats.take_window() == pytest.approx({
+        'input rate (Hz)': 2.0,
+        'output rate (Hz)': 1.0,
+        'latency mean (s)': 0.3,
+        'latency max (s)': 0.3,
+        'predictor time (s)': 0.3,
+        'node overhead (s)': 0.02,
+    })  # fmt: skip
+    clock.now += 1.0
+    stats.image_received()
+    window = stats.take_window()
+    assert window['input rate (Hz)'] == 1.0 and window['output rate (Hz)'] == 0.0
+    assert window['latency max (s)'] == window['predictor time (s)'] == 0.0
+    assert stats.totals()['received'] == 5, 'totals never restart'
+
+
+def test_stats_lose_no_count_across_threads() -> None:
+    stats = Stats()
+
+    def count() -> None:
+        for _ in range(2000):
+            stats.image_received()
+            stats.image_skipped()
+
+    threads = [threading.Thread(target=count) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    totals = stats.totals()
+    assert totals['received'] == totals['skipped (max_rate_hz)'] == 8000
+    assert stats.take_window()['input rate (Hz)'] > 0
