@@ -73,6 +73,7 @@ def test_segment_with_a_vocabulary_file_and_one_task(image_path, tmp_path):
         (['--vocabulary', ' , '], 'vocabulary is empty'),
         (['--vocabulary', 'mug', '--checkpoint', '/nonexistent.pt'], 'not found'),
         (['--vocabulary', 'mug', '--model', 'no_such_model'], 'unknown model'),
+        (['--vocabulary', 'mug', '--precision', 'fp16'], 'fp16 needs a CUDA device'),
     ],
 )
 def test_segment_errors_are_one_clear_line(image_path, capsys, args, message):
@@ -85,3 +86,19 @@ def test_unreadable_image(tmp_path, capsys):
     bad.write_bytes(b'not a png')
     assert main(['segment', str(bad), '--vocabulary', 'mug']) == 2
     assert 'cannot read' in capsys.readouterr().err
+
+
+def test_argument_errors_name_what_is_allowed(capsys):
+    with pytest.raises(SystemExit):
+        main(['segment', 'x.png', '--vocabulary', 'mug', '--tasks', 'instance,depth'])
+    assert "unknown tasks ['depth']: choose one or more of" in capsys.readouterr().err
+
+
+def test_precision_choices_are_each_commands_own(capsys):
+    # segment runs the torch backend (bf16 included); an export has no bf16 graph.
+    with pytest.raises(SystemExit):
+        main(['export', 'onnx', '--precision', 'bf16'])
+    assert "invalid choice: 'bf16'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(['segment', 'x.png', '--vocabulary', 'mug', '--precision', 'int8'])
+    assert "choose from fp32, fp16, bf16" in capsys.readouterr().err

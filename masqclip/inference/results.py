@@ -21,6 +21,18 @@ UNLABELED_UINT16 = 65535
 as ADE20K's 16-bit maps mark ignored pixels."""
 
 
+def semantic_to_uint16(semantic: np.ndarray) -> np.ndarray:
+    """A semantic map as a 16-bit image (the CLI's PNG, the node's mono16): class indices as
+    they are, ``UNLABELED_UINT16`` where no class claims the pixel.
+
+    :param semantic: int32 (H, W) class indices, ``UNLABELED`` (-1) where none.
+    :raises ValueError: for a class index that 16 bits cannot hold apart from the marker.
+    """
+    if semantic.size and semantic.max() >= UNLABELED_UINT16:
+        raise ValueError(f'class index {semantic.max()} does not fit a 16-bit semantic image')
+    return np.where(semantic == UNLABELED, UNLABELED_UINT16, semantic).astype(np.uint16)
+
+
 @dataclass(frozen=True)
 class Instance:
     """One segmented object.

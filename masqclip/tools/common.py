@@ -8,9 +8,14 @@ from collections.abc import Sequence
 from masqclip.factory import create_predictor, list_models
 from masqclip.inference.predictor import TASKS, Predictor, validate_tasks
 from masqclip.inference.vocabulary import Vocabulary
+from masqclip.modeling.precision import PRECISIONS
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(
+    parser: argparse.ArgumentParser, precisions: Sequence[str] = PRECISIONS
+) -> None:
+    """--model, --checkpoint, --clip-weights, --device and --precision (one of
+    ``precisions``: an export takes fewer than the torch backend)."""
     group = parser.add_argument_group('model (default: the demo model shipped with masqclip)')
     group.add_argument(
         '--model',
@@ -20,7 +25,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--checkpoint', help="a masqclip_ros checkpoint (.pt, .pt.gz), or 'demo'")
     group.add_argument('--clip-weights', help="'openai' or a CLIP weights file")
     group.add_argument('--device', default='cpu', help='cpu, cuda, cuda:1 ... (%(default)s)')
-    group.add_argument('--precision', default='fp32', choices=('fp32', 'fp16'))
+    group.add_argument(
+        '--precision',
+        default='fp32',
+        choices=precisions,
+        help='fp16 needs CUDA; bf16 a CPU with bf16 units (%(default)s)',
+    )
 
 
 def add_vocabulary_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from masqclip.export.backends import ensure_onnx
 from masqclip.export.canvas import network_input_size
 from masqclip.export.engine_cache import DEFAULT_CACHE_DIR
 from masqclip.export.onnx import DEFAULT_OPSET, export_input_size, export_onnx, read_onnx_metadata
+from masqclip.modeling.precision import EXPORT_PRECISIONS
 from masqclip.tools.common import add_model_arguments
 
 
@@ -72,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
+    add_model_arguments(parser, EXPORT_PRECISIONS)
     parser.add_argument(
         '--frame-size',
         type=parse_frame_size,

@@ -13,7 +13,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from masqclip.cli import CommandError
-from masqclip.inference.results import UNLABELED, UNLABELED_UINT16, SegmentationResult
+from masqclip.inference.results import SegmentationResult, semantic_to_uint16
 from masqclip.tools.common import (
     add_model_arguments,
     add_vocabulary_arguments,
@@ -63,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
     overlay = draw_overlay(image_bgr[..., ::-1], result)
     cv2.imwrite(str(out / f'{stem}_overlay.png'), overlay[..., ::-1])
     if result.semantic is not None:
-        semantic = np.where(result.semantic == UNLABELED, UNLABELED_UINT16, result.semantic)
-        cv2.imwrite(str(out / f'{stem}_semantic.png'), semantic.astype(np.uint16))
+        cv2.imwrite(str(out / f'{stem}_semantic.png'), semantic_to_uint16(result.semantic))
     if result.panoptic is not None:
         cv2.imwrite(str(out / f'{stem}_panoptic.png'), id_map_to_rgb(result.panoptic)[..., ::-1])
     (out / f'{stem}.json').write_text(json.dumps(result_to_json(result), indent=1))
