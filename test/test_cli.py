@@ -101,4 +101,4 @@ def test_precision_choices_are_each_commands_own(capsys):
     assert "invalid choice: 'bf16'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(['segment', 'x.png', '--vocabulary', 'mug', '--precision', 'int8'])
-    assert "choose from fp32, fp16, bf16" in capsys.readouterr().err
+    assert "'fp32', 'fp16', 'bf16'" in capsys.readouterr().err
