@@ -3,17 +3,20 @@ of masqclip.evaluation.tracking on the shipped example sequence."""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from masqclip.cli import CommandError
 from masqclip.data.io import read_image
 from masqclip.evaluation import tracking as evaluation
 from masqclip.factory import build_model
 from masqclip.inference.predictor import Predictor
 from masqclip.inference.tracking import Tracker, TrackerCfg
+from masqclip.tools import eval_tracks
 
 EXAMPLE = Path(__file__).resolve().parents[1] / 'examples' / 'sequence'
 FPS = 10.0
@@ -227,3 +230,16 @@ def test_tracking_ground_truth_masks_of_the_example_sequence(demo: tuple) -> Non
     assert scores.id_switches == 0
     assert scores.idf1 >= 0.98  # measured 1.0 (0.973 with re-identification across classes)
     assert scores.mota >= 0.98  # measured 1.0
+
+
+def test_eval_tracks_command_prints_the_table(capsys: pytest.CaptureFixture) -> None:
+    parser = argparse.ArgumentParser()
+    eval_tracks.add_arguments(parser)
+    args = parser.parse_args([str(EXAMPLE), '--gt-masks', '--max-frames', '5'])
+    assert eval_tracks.run(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f'{EXAMPLE}: 5 frames, 22 annotated objects, 0 re-entries')
+    assert lines[3].startswith('| ground-truth masks | 1.000 | 1.000 | 0 | 0/0 |')
+    assert 'tracker with 100 instances a frame' in lines[4]
+    with pytest.raises(CommandError, match='synth OUT --sequence'):
+        eval_tracks.run(parser.parse_args([str(EXAMPLE / 'images')]))
