@@ -21,23 +21,13 @@ from masqclip.inference.results import (  # noqa: E402
 )
 from masqclip.inference.vocabulary import Vocabulary  # noqa: E402
 from masqclip.visualization import label_color  # noqa: E402
+from masqclip_ros import messages  # noqa: E402
 from masqclip_ros.conversions import image_msg_to_array  # noqa: E402
 from masqclip_ros.geometry import (  # noqa: E402
     GeometryError,
     Intrinsics,
     intrinsics_from_k,
     mask_geometry,
-)
-from masqclip_ros.messages import (  # noqa: E402
-    box_to_roi,
-    detections_to_msg,
-    diagnostics_to_msg,
-    instances_to_msg,
-    markers_to_msg,
-    msgs_to_entries,
-    panoptic_to_msg,
-    semantic_to_msg,
-    vocabulary_to_msg,
 )
 
 pytestmark = pytest.mark.ros
@@ -82,7 +72,7 @@ def header() -> Header:
 
 def test_instances_keep_header_roi_and_mask_crop() -> None:
     result = make_result()
-    msg = instances_to_msg(result, header(), vocabulary_version=3)
+    msg = messages.instances_to_msg(result, header(), vocabulary_version=3)
     assert msg.header == header() and (msg.height, msg.width) == (H, W)
     assert msg.vocabulary_version == 3 and len(msg.instances) == 1
     inst = msg.instances[0]
@@ -92,19 +82,19 @@ def test_instances_keep_header_roi_and_mask_crop() -> None:
     expected = result.instances[0].mask[3:9, 2:7].astype(np.uint8) * 255
     np.testing.assert_array_equal(crop, expected)
     assert inst.area == result.instances[0].mask.sum() and not inst.has_3d
-    bare = instances_to_msg(result, header(), 3, with_masks=False).instances[0]
+    bare = messages.instances_to_msg(result, header(), 3, with_masks=False).instances[0]
     assert bare.mask.width == 0 and bare.roi.width == 5
 
 
 def test_box_to_roi_clips_and_handles_empty_boxes() -> None:
-    roi = box_to_roi(np.array([-3.0, 2.5, 40.0, 7.2]), H, W)
+    roi = messages.box_to_roi(np.array([-3.0, 2.5, 40.0, 7.2]), H, W)
     assert (roi.x_offset, roi.y_offset, roi.width, roi.height) == (0, 2, W, 6)
-    assert box_to_roi(np.zeros(4), H, W).width == 0
+    assert messages.box_to_roi(np.zeros(4), H, W).width == 0
 
 
 def test_semantic_is_mono16_with_65535_for_unlabeled() -> None:
     result = make_result()
-    msg = semantic_to_msg(result.semantic, header())
+    msg = messages.semantic_to_msg(result.semantic, header())
     assert msg.encoding == 'mono16' and msg.header == header()
     pixels = image_msg_to_array(msg)
     assert (pixels[:6] == 1).all() and (pixels[6:] == 65535).all()
@@ -112,7 +102,7 @@ def test_semantic_is_mono16_with_65535_for_unlabeled() -> None:
 
 def test_panoptic_ids_and_segments() -> None:
     result = make_result()
-    msg = panoptic_to_msg(result, header(), 5)
+    msg = messages.panoptic_to_msg(result, header(), 5)
     assert msg.segment_ids.encoding == 'mono16' and msg.vocabulary_version == 5
     np.testing.assert_array_equal(image_msg_to_array(msg.segment_ids), result.panoptic)
     assert [(s.id, s.label, s.is_thing, s.area) for s in msg.segments] == [
@@ -120,7 +110,7 @@ def test_panoptic_ids_and_segments() -> None:
         (2, 'mug', True, 24),
     ]
     result.panoptic[0, 0] = 70000
-    assert panoptic_to_msg(result, header(), 5).segment_ids.encoding == '32SC1'
+    assert messages.panoptic_to_msg(result, header(), 5).segment_ids.encoding == '32SC1'
 
 
 def test_vocabulary_round_trip() -> None:
@@ -128,14 +118,14 @@ def test_vocabulary_round_trip() -> None:
         [{'name': 'red mug', 'synonyms': ['cup']}, {'name': 'wall', 'is_thing': False}]
     )
     stamp = Time(sec=1)
-    msg = vocabulary_to_msg(vocabulary, 4, stamp)
+    msg = messages.vocabulary_to_msg(vocabulary, 4, stamp)
     assert msg.version == 4 and msg.header.stamp == stamp
-    assert Vocabulary(msgs_to_entries(msg.entries)) == vocabulary
+    assert Vocabulary(messages.msgs_to_entries(msg.entries)) == vocabulary
 
 
 def test_detections_mirror_uses_label_as_class_id() -> None:
     vision_msgs = pytest.importorskip('vision_msgs.msg')
-    msg = detections_to_msg(make_result(), header(), vision_msgs)
+    msg = messages.detections_to_msg(make_result(), header(), vision_msgs)
     assert msg.header == header() and len(msg.detections) == 1
     det = msg.detections[0]
     assert det.results[0].hypothesis.class_id == 'mug'
@@ -206,18 +196,18 @@ def test_markers_for_instances_with_3d() -> None:
     depth = np.full((H, W), 2.0, np.float32)
     result = make_result()
     geometry = mask_geometry(result.instances[0].mask, depth, CAMERA, min_points=10)
-    msg = markers_to_msg(['mug', 'table'], [geometry, None], header())
+    msg = messages.markers_to_msg(['mug', 'table'], [geometry, None], header())
     assert [m.action for m in msg.markers] == [Marker.DELETEALL] + [Marker.ADD] * 3
     box, text, count = msg.markers[1:]
     assert count.ns == 'masqclip/summary' and count.text == '2 instances'
-    assert markers_to_msg(['mug'], [None], header()).markers[-1].text == '1 instance'
+    assert messages.markers_to_msg(['mug'], [None], header()).markers[-1].text == '1 instance'
     assert box.type == Marker.CUBE and text.text == 'mug' and box.header == header()
     assert box.pose.position.z == pytest.approx(2.0)
     assert round(box.color.r * 255) == label_color('mug')[0]
 
 
 def test_diagnostics_formats_values() -> None:
-    msg = diagnostics_to_msg(
+    msg = messages.diagnostics_to_msg(
         Time(sec=3), 'masqclip_node', 'cpu', DiagnosticStatus.WARN, 'slow', {'rate': 1 / 3}
     )
     status = msg.status[0]

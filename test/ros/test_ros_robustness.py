@@ -9,7 +9,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
 import pytest
 
 pytest.importorskip('rclpy')
@@ -21,61 +20,36 @@ from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState  # noqa: E402
 from masqclip_ros.msg import InstanceSegmentation, Vocabulary, VocabularyEntry  # noqa: E402
 from masqclip_ros.srv import FindObjects, GetVocabulary, SetVocabulary  # noqa: E402
-from rcl_interfaces.msg import Log  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from ros_testing import LATCHED, MANY_CALLS, Client, NodeProcess, image_msg, stamped  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
-
-from masqclip_ros.conversions import array_to_image_msg  # noqa: E402
+from ros_testing import (  # noqa: E402
+    MANY_CALLS,
+    RGBD_NODE,
+    CameraRig,
+    Client,
+    NodeProcess,
+    camera_info,
+    image_msg,
+    serving,
+    stamped,
+)
 
 pytestmark = pytest.mark.ros
 
 NS = '/robust'
 NODE = f'{NS}/masqclip_node'
 QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-H, W = 48, 64
 ANSWERED = (FindObjects.Response.FOUND, FindObjects.Response.NOT_FOUND)
 
 
-@pytest.fixture(scope='module')
-def node(tmp_path_factory):
-    process = NodeProcess(
-        tmp_path_factory.mktemp('robust') / 'node.log',
-        {
-            'vocabulary': '[mug, table, wall]',
-            'depth.enabled': 'true',
-            'depth.sync_slop_s': '0.5',
-            'depth.min_points': '5',
-            'input.reliability': 'reliable',
-        },
-        namespace=NS,
-    )
-    yield process
-    code = process.stop()
-    assert code == 0, f'node exited with {code}:\n{process.log()[-3000:]}'
+class Rig(CameraRig):
+    """The client side: the camera, outputs recorded, service clients."""
 
-
-@dataclass
-class Rig:
-    """The client side: camera publishers, outputs and /rosout recorded, service clients."""
-
-    process: NodeProcess
-    client: Client = field(default_factory=lambda: Client('robust_client'))
-    outputs: dict[int, float] = field(default_factory=dict)  # stamp sec -> arrival time
-    rosout: list[Log] = field(default_factory=list)
-    sec: int = 1000
-
-    def __post_init__(self) -> None:
-        n = self.client.node
-        self.image_pub = n.create_publisher(Image, f'{NS}/image', QOS)
-        self.depth_pub = n.create_publisher(Image, f'{NS}/depth', QOS)
-        self.info_pub = n.create_publisher(CameraInfo, f'{NS}/camera_info', QOS)
-        self.vocabulary_pub = n.create_publisher(Vocabulary, f'{NS}/vocabulary', LATCHED)
-        n.create_subscription(InstanceSegmentation, f'{NODE}/instances', self._on_output, QOS)
+    def __init__(self, process: NodeProcess, client: Client) -> None:
+        super().__init__(process, client, NS, first_sec=1000)
+        self.outputs: dict[int, float] = {}  # stamp sec -> arrival time
         self.with_3d: set[int] = set()
-        rosout_qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-        rosout_qos.durability = LATCHED.durability
-        n.create_subscription(Log, '/rosout', self.rosout.append, rosout_qos)
+        n = client.node
+        n.create_subscription(InstanceSegmentation, f'{NODE}/instances', self._on_output, QOS)
         self.find = n.create_client(FindObjects, f'{NODE}/find', qos_profile=MANY_CALLS)
         self.get_vocabulary = n.create_client(
             GetVocabulary, f'{NODE}/get_vocabulary', qos_profile=MANY_CALLS
@@ -88,23 +62,6 @@ class Rig:
         if any(instance.has_3d for instance in msg.instances):
             self.with_3d.add(msg.header.stamp.sec)
 
-    def wait_matched(self) -> None:
-        for publisher in (self.image_pub, self.depth_pub, self.info_pub):
-            self.client.spin_until(
-                lambda p=publisher: p.get_subscription_count() > 0,
-                60,
-                f'the node to subscribe\n{self.process.log()[-2000:]}',
-            )
-
-    def send(self, depth_stamp: int | None = None) -> int:
-        """Publish camera_info, depth and an image stamped with the next second; return it."""
-        self.sec += 1
-        self.info_pub.publish(camera_info(stamped(self.sec)))
-        depth_header = stamped(self.sec if depth_stamp is None else depth_stamp)
-        self.depth_pub.publish(depth_msg(depth_header))
-        self.image_pub.publish(image_msg(self.sec, seed=self.sec))
-        return self.sec
-
     def spin(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -113,30 +70,14 @@ class Rig:
     def call(self, client, request, timeout: float = 20.0):
         return self.client.call(client, request, timeout)
 
-    def logged(self, words: str) -> list[str]:
-        return [
-            log.msg
-            for log in self.rosout
-            if words in log.msg and log.name.endswith('masqclip_node')
-        ]
-
-
-def camera_info(header) -> CameraInfo:
-    info = CameraInfo(header=header, height=H, width=W)
-    info.k = [50.0, 0.0, W / 2 - 0.5, 0.0, 50.0, H / 2 - 0.5, 0.0, 0.0, 1.0]
-    return info
-
-
-def depth_msg(header) -> Image:
-    return array_to_image_msg(np.full((H, W), 1.25, np.float32), '32FC1', header)
-
 
 @pytest.fixture(scope='module')
-def rig(node):
-    rig = Rig(node)
-    rig.wait_matched()
-    yield rig
-    rig.client.close()
+def rig(tmp_path_factory):
+    process = NodeProcess(tmp_path_factory.mktemp('robust') / 'node.log', RGBD_NODE, namespace=NS)
+    with serving(process, NS) as (_, client):
+        rig = Rig(process, client)
+        rig.wait_matched()
+        yield rig
 
 
 def find_request(**fields) -> FindObjects.Request:
@@ -422,10 +363,11 @@ def test_lifecycle_cycles_under_concurrent_finds_answer_every_call(rig: Rig):
     rig.client.spin_until(lambda: sec in rig.outputs, 20, f'frame {sec}\n{log[-2000:]}')
 
 
-def test_lifecycle_shutdown_ends_the_process(rig: Rig, node: NodeProcess):
+def test_lifecycle_shutdown_ends_the_process(rig: Rig):
     """Last: a finalized node used to keep its process running, so `ros2 launch` never
     ended."""
     change = Transition(id=Transition.TRANSITION_ACTIVE_SHUTDOWN)
     assert rig.call(rig.change_state, ChangeState.Request(transition=change)).success
+    node = rig.process
     assert node.process.wait(timeout=15) == 0, node.log()[-3000:]
     assert 'shut down from active' in node.log()

@@ -18,20 +18,7 @@ from masqclip_ros.srv import FindObjects, SetVocabulary  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from masqclip.inference.vocabulary import Vocabulary, VocabularyEntry, VocabularyError  # noqa: E402
-from masqclip_ros.runtime import (  # noqa: E402
-    DepthPairing,
-    LatestSlot,
-    RateGate,
-    RateLimitedLog,
-    Stats,
-    changed_vocabulary,
-    find_request_problem,
-    nearest_depth,
-    parameter_vocabulary,
-    stamp_problem,
-    stamp_text,
-    vocabulary_summary,
-)
+from masqclip_ros import runtime  # noqa: E402
 
 REPLACE, ADD, REMOVE = (SetVocabulary.Request.REPLACE, SetVocabulary.Request.ADD,
                         SetVocabulary.Request.REMOVE)  # fmt: skip
@@ -39,12 +26,12 @@ REPLACE, ADD, REMOVE = (SetVocabulary.Request.REPLACE, SetVocabulary.Request.ADD
 
 @pytest.mark.parametrize(('sec', 'nanosec'), [(0, 0), (1, 999_999_999), (2**31 - 1, 0)])
 def test_ros_times_are_accepted(sec: int, nanosec: int) -> None:
-    assert stamp_problem(Time(sec=sec, nanosec=nanosec)) is None
+    assert runtime.stamp_problem(Time(sec=sec, nanosec=nanosec)) is None
 
 
 @pytest.mark.parametrize(('sec', 'nanosec'), [(-1, 0), (-(2**31), 5), (3, 1_000_000_000)])
 def test_stamps_that_are_no_ros_time_are_refused(sec: int, nanosec: int) -> None:
-    problem = stamp_problem(Time(sec=sec, nanosec=nanosec))
+    problem = runtime.stamp_problem(Time(sec=sec, nanosec=nanosec))
     assert problem == (
         f'stamp {sec} s {nanosec} ns is not a ROS time (sec must be >= 0, nanosec < 1e9)'
     )
@@ -52,8 +39,8 @@ def test_stamps_that_are_no_ros_time_are_refused(sec: int, nanosec: int) -> None
 
 def test_a_plain_find_request_is_valid() -> None:
     request = FindObjects.Request(query='red mug', negative_queries=['blue mug'])
-    assert find_request_problem(request) is None
-    assert find_request_problem(FindObjects.Request(query='mug', timeout_s=60.0)) is None
+    assert runtime.find_request_problem(request) is None
+    assert runtime.find_request_problem(FindObjects.Request(query='mug', timeout_s=60.0)) is None
 
 
 @pytest.mark.parametrize(
@@ -80,7 +67,7 @@ def test_a_plain_find_request_is_valid() -> None:
 )
 def test_find_requests_out_of_range_are_refused_naming_the_field(fields, message) -> None:
     request = FindObjects.Request(**{'query': 'red mug', **fields})
-    problem = find_request_problem(request)
+    problem = runtime.find_request_problem(request)
     assert problem is not None and problem.startswith(message), problem
 
 
@@ -88,7 +75,7 @@ def test_a_nan_timeout_is_refused_for_every_frame_kind() -> None:
     # The float is checked even where the frame kind does not read it: one rule, no surprise.
     for frame in (FindObjects.Request.LATEST, FindObjects.Request.STAMP):
         request = FindObjects.Request(query='mug', frame=frame, timeout_s=math.nan)
-        assert 'timeout_s nan' in find_request_problem(request)
+        assert 'timeout_s nan' in runtime.find_request_problem(request)
 
 
 def entries(*names: str) -> list[VocabularyEntry]:
@@ -99,19 +86,14 @@ CURRENT = Vocabulary.parse('red hollow, table')
 
 
 def test_replace_cleans_names_and_add_appends_after_the_existing_classes() -> None:
-    assert changed_vocabulary(CURRENT, entries('  Red   Mug ', 'floor'), REPLACE).names == (
-        'Red Mug',
-        'floor',
-    )
-    assert changed_vocabulary(CURRENT, entries(' blue  cup'), ADD).names == (
-        'red hollow',
-        'table',
-        'blue cup',
-    )
+    replaced = runtime.changed_vocabulary(CURRENT, entries('  Red   Mug ', 'floor'), REPLACE)
+    assert replaced.names == ('Red Mug', 'floor')
+    added = runtime.changed_vocabulary(CURRENT, entries(' blue  cup'), ADD)
+    assert added.names == ('red hollow', 'table', 'blue cup')
 
 
 def test_remove_normalises_whitespace_as_replace_does() -> None:
-    assert changed_vocabulary(CURRENT, entries('red   hollow'), REMOVE).names == ('table',)
+    assert runtime.changed_vocabulary(CURRENT, entries('red   hollow'), REMOVE).names == ('table',)
 
 
 @pytest.mark.parametrize(
@@ -129,28 +111,28 @@ def test_remove_normalises_whitespace_as_replace_does() -> None:
 )
 def test_requests_that_change_nothing_or_break_a_rule_are_refused(names, mode, message) -> None:
     with pytest.raises(VocabularyError, match=message):
-        changed_vocabulary(CURRENT, entries(*names), mode)
+        runtime.changed_vocabulary(CURRENT, entries(*names), mode)
 
 
 def test_summary_names_the_first_eight_classes() -> None:
-    assert vocabulary_summary(CURRENT) == '2 classes: red hollow, table'
+    assert runtime.vocabulary_summary(CURRENT) == '2 classes: red hollow, table'
     many = Vocabulary.from_names([f'c{i}' for i in range(10)])
-    assert vocabulary_summary(many) == '10 classes: c0, c1, c2, c3, c4, c5, c6, c7, ...'
+    assert runtime.vocabulary_summary(many) == '10 classes: c0, c1, c2, c3, c4, c5, c6, c7, ...'
 
 
 def test_parameters_name_the_vocabulary_by_names_or_by_file(tmp_path) -> None:
-    assert parameter_vocabulary(('mug', 'table'), None).names == ('mug', 'table')
+    assert runtime.parameter_vocabulary(('mug', 'table'), None).names == ('mug', 'table')
     path = tmp_path / 'fruit.yaml'
     path.write_text('- apple\n- {name: banana, synonyms: [plantain]}\n')
-    from_file = parameter_vocabulary(('mug',), str(path))
+    from_file = runtime.parameter_vocabulary(('mug',), str(path))
     assert from_file.names == ('apple', 'banana')
     assert from_file.entries[1].synonyms == ('plantain',)
     with pytest.raises(VocabularyError, match='cannot read vocabulary file'):
-        parameter_vocabulary(('mug',), str(tmp_path / 'missing.yaml'))
+        runtime.parameter_vocabulary(('mug',), str(tmp_path / 'missing.yaml'))
 
 
 def test_stamp_text_has_nine_digits_of_nanoseconds() -> None:
-    assert stamp_text(Time(sec=3, nanosec=5)) == '3.000000005'
+    assert runtime.stamp_text(Time(sec=3, nanosec=5)) == '3.000000005'
 
 
 def depth(sec: int, nanosec: int = 0) -> Image:
@@ -161,33 +143,31 @@ def depth(sec: int, nanosec: int = 0) -> Image:
 
 def test_the_nearest_depth_image_within_the_slop_is_paired() -> None:
     depths = [depth(10), depth(10, 300_000_000), depth(11)]
-    paired = nearest_depth(depths, Time(sec=10, nanosec=250_000_000), 0.1)
+    paired = runtime.nearest_depth(depths, Time(sec=10, nanosec=250_000_000), 0.1)
     assert paired.depth is depths[1] and paired.problem is None
     # At exactly the slop still paired; the first of two equally near ones wins.
-    assert nearest_depth(depths, Time(sec=10, nanosec=100_000_000), 0.1).depth is depths[0]
-    assert nearest_depth(depths, Time(sec=10, nanosec=150_000_000), 0.2).depth is depths[0]
+    assert runtime.nearest_depth(depths, Time(sec=10, nanosec=100_000_000), 0.1).depth is depths[0]
+    assert runtime.nearest_depth(depths, Time(sec=10, nanosec=150_000_000), 0.2).depth is depths[0]
 
 
 def test_no_depth_image_outside_the_slop_says_how_far_the_closest_is() -> None:
-    assert nearest_depth([depth(10), depth(11)], Time(sec=12, nanosec=500_000_000), 0.5) == (
-        DepthPairing(
-            None,
-            'no depth image within 0.5 s of the camera image (closest 1.500 s): '
-            'no 3D for this frame',
-        )
+    paired = runtime.nearest_depth([depth(10), depth(11)], Time(sec=12, nanosec=500_000_000), 0.5)
+    assert paired == runtime.DepthPairing(
+        None,
+        'no depth image within 0.5 s of the camera image (closest 1.500 s): no 3D for this frame',
     )
 
 
 def test_no_depth_image_at_all_pairs_nothing_silently() -> None:
-    assert nearest_depth([], Time(sec=1), 0.5) == DepthPairing(None, None)
+    assert runtime.nearest_depth([], Time(sec=1), 0.5) == runtime.DepthPairing(None, None)
 
 
 def test_stamps_that_are_no_ros_time_are_never_paired() -> None:
     bad = [depth(-1, 0), depth(10, 1_000_000_000)]
     # Numerically the nearest, yet passed over.
-    assert nearest_depth([*bad, depth(12)], Time(sec=10), 5.0).depth.header.stamp.sec == 12
-    assert nearest_depth(bad, Time(sec=10), 5.0) == DepthPairing(None, None)
-    paired = nearest_depth([depth(10)], Time(sec=-3), 5.0)
+    assert runtime.nearest_depth([*bad, depth(12)], Time(sec=10), 5.0).depth.header.stamp.sec == 12
+    assert runtime.nearest_depth(bad, Time(sec=10), 5.0) == runtime.DepthPairing(None, None)
+    paired = runtime.nearest_depth([depth(10)], Time(sec=-3), 5.0)
     assert paired.depth is None
     assert paired.problem == (
         'camera image stamp -3 s 0 ns is not a ROS time (sec must be >= 0, nanosec < 1e9): '
@@ -207,7 +187,7 @@ class FakeClock:
 
 def test_the_rate_gate_admits_one_frame_per_period() -> None:
     clock = FakeClock()
-    gate = RateGate(clock)
+    gate = runtime.RateGate(clock)
     admitted = []
     for _ in range(10):  # 10 frames 0.1 s apart at 4 Hz: one every 0.25 s, from the first
         admitted.append(gate.admit(4.0))
@@ -217,7 +197,7 @@ def test_the_rate_gate_admits_one_frame_per_period() -> None:
 
 
 def test_the_slot_keeps_the_newest_and_counts_replacements() -> None:
-    slot = LatestSlot()
+    slot = runtime.LatestSlot()
     assert slot.put('a') is False
     assert slot.put('b') is True, 'a was never taken: dropped'
     assert slot.take(timeout=1.0) == 'b'
@@ -231,7 +211,7 @@ def test_the_slot_keeps_the_newest_and_counts_replacements() -> None:
 
 
 def test_a_take_is_woken_by_a_put_from_another_thread() -> None:
-    slot = LatestSlot()
+    slot = runtime.LatestSlot()
     taken = []
     taker = threading.Thread(target=lambda: taken.append(slot.take(timeout=10.0)))
     started = time.monotonic()
@@ -255,7 +235,7 @@ class FakeLogger:
 
 def test_the_log_says_each_kind_once_per_period_and_counts_the_rest() -> None:
     logger, clock = FakeLogger(), FakeClock()
-    log = RateLimitedLog(logger, period_s=5.0, clock=clock)
+    log = runtime.RateLimitedLog(logger, period_s=5.0, clock=clock)
     log('error', ('image', 'step'), 'bad step 1')
     log('error', ('image', 'step'), 'bad step 2')
     log('warning', ('depth', 'sync'), 'no depth 1')  # another kind: its own period
@@ -273,7 +253,7 @@ def test_the_log_says_each_kind_once_per_period_and_counts_the_rest() -> None:
 
 def test_stats_count_every_event_and_report_windows_that_restart() -> None:
     clock = FakeClock()
-    stats = Stats(clock)
+    stats = runtime.Stats(clock)
     assert stats.last_image is None
     for _ in range(4):
         stats.image_received()
@@ -310,7 +290,7 @@ def test_stats_count_every_event_and_report_windows_that_restart() -> None:
 
 
 def test_stats_lose_no_count_across_threads() -> None:
-    stats = Stats()
+    stats = runtime.Stats()
 
     def count() -> None:
         for _ in range(2000):
