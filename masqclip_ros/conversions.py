@@ -49,7 +49,7 @@ COMPRESSED_CODECS: dict[str, bytes] = {'JPEG': b'\xff\xd8\xff', 'PNG': b'\x89PNG
 
 WarningLog = Callable[[str, tuple[str, ...], str], object]
 """``log(level, key, message)``: ``key`` names the kind of warning, so a caller can
-rate-limit per kind (the node's ``RateLimitedLog`` has this signature)."""
+rate-limit per kind (``masqclip_ros.runtime.RateLimitedLog`` has this signature)."""
 
 # Pillow's plugin classes read only the header when constructed (load() decodes), and unlike
 # Image.open they apply no process-wide pixel limit of their own: max_pixels is the limit.
