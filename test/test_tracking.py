@@ -14,6 +14,7 @@ from masqclip.cli import CommandError
 from masqclip.data.io import read_image
 from masqclip.evaluation import tracking as evaluation
 from masqclip.factory import build_model
+from masqclip.inference import tracking
 from masqclip.inference.predictor import Predictor
 from masqclip.inference.tracking import Tracker, TrackerCfg
 from masqclip.tools import eval_tracks
@@ -154,6 +155,33 @@ def test_ids_are_never_reused() -> None:
     assert newest > 8  # tracks were dropped and their objects came back under new ids
 
 
+def test_tracks_report_their_majority_class_and_state() -> None:
+    tracker = Tracker()
+    for k, class_id in enumerate([3, 4, 3, 4, 3]):  # a flickering label
+        assert tracker.update([blob(10 + k, 10, A, class_id=class_id)], k / FPS) == [1]
+    tracker.update([blob(300, 300, B)], 0.5)
+    first, second = tracker.tracks
+    assert (first.track_id, first.class_id, first.lost) == (1, 3, True)
+    assert (first.first_seen_s, first.last_seen_s) == (0.0, 0.4)
+    assert first.box.tolist() == [14, 10, 54, 50]
+    assert (second.track_id, second.first_seen_s, second.lost) == (2, 0.5, False)
+
+
+def test_the_iou_bound_that_prunes_pairs_is_never_below_the_iou() -> None:
+    rng = np.random.default_rng(1)
+    corners = rng.integers(0, 60, (30, 2))
+    sizes = rng.integers(1, 30, (30, 2))
+    boxes = np.concatenate([corners, corners + sizes], axis=1)
+    crops = [rng.random((h, w)) < rng.uniform(0.1, 1.0) for w, h in sizes]
+    masks = tracking._Masks(boxes, crops, [int(c.sum()) for c in crops])
+    overlap = tracking._box_overlap(masks, masks)
+    iou = tracking._mask_iou(masks, masks, overlap > 0)
+    bound = tracking._iou_bound(masks, masks, overlap)
+    assert (iou <= bound + 1e-12).all()
+    np.testing.assert_allclose(np.diag(iou)[np.array(masks.areas) > 0], 1.0)
+    assert (iou[overlap == 0] == 0).all() and (overlap > 0).sum() > 60
+
+
 def test_stamps_must_not_go_back() -> None:
     tracker = Tracker()
     tracker.update([], 1.0)
@@ -239,7 +267,7 @@ def test_eval_tracks_command_prints_the_table(capsys: pytest.CaptureFixture) -> 
     assert eval_tracks.run(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f'{EXAMPLE}: 5 frames, 22 annotated objects, 0 re-entries')
-    assert lines[3].startswith('| ground-truth masks | 1.000 | 1.000 | 0 | 0/0 |')
+    assert lines[3].startswith('| ground-truth masks | 1.000 | 1.000 | 0 | 0/0 | 1.000 | 1.000 |')
     assert 'tracker with 100 instances a frame' in lines[4]
     with pytest.raises(CommandError, match='synth OUT --sequence'):
         eval_tracks.run(parser.parse_args([str(EXAMPLE / 'images')]))

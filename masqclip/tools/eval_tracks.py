@@ -84,31 +84,24 @@ def run(args: argparse.Namespace) -> int:
 
 def format_table(sequence: str, mode: str, scores: TrackingScores) -> str:
     """A Markdown table of one run."""
-    # detect: predicting, or embedding the ground-truth masks.
-    header = (
-        'detections',
-        'IDF1',
-        'MOTA',
-        'ID sw',
-        're-id',
-        'tracker ms/frame',
-        'detect ms/frame',
-    )
-    row = (
-        mode,
-        f'{scores.idf1:.3f}',
-        f'{scores.mota:.3f}',
-        str(scores.id_switches),
-        f'{scores.reidentified}/{scores.reentries}',
-        f'{scores.tracker_ms:.2f}',
-        f'{scores.detect_ms:.1f}',
-    )
+    columns = {
+        'detections': mode,
+        'IDF1': f'{scores.idf1:.3f}',
+        'MOTA': f'{scores.mota:.3f}',
+        'ID sw': str(scores.id_switches),
+        're-id': f'{scores.reidentified}/{scores.reentries}',
+        'recall': f'{scores.recall:.3f}',
+        'precision': f'{scores.precision:.3f}',
+        'tracker ms/frame': f'{scores.tracker_ms:.2f}',
+        # predicting, or embedding the ground-truth masks
+        'detect ms/frame': f'{scores.detect_ms:.1f}',
+    }
     return '\n'.join(
         [
             f'{sequence}: {scores.frames} frames, {scores.objects} annotated objects, '
             f'{scores.reentries} re-entries',
-            '| ' + ' | '.join(header) + ' |',
-            '|' + '---|' * len(header),
-            '| ' + ' | '.join(row) + ' |',
+            '| ' + ' | '.join(columns) + ' |',
+            '|' + '---|' * len(columns),
+            '| ' + ' | '.join(columns.values()) + ' |',
         ]
     )
