@@ -89,11 +89,10 @@ def _within(value: float, low: float, high: float) -> bool:
 def parameter_vocabulary(names: Sequence[str], path: str | None) -> Vocabulary:
     """The vocabulary the parameters name: the YAML file's when ``path`` is set, else ``names``.
 
-    :raises VocabularyError: for an unreadable file or an invalid class.
+    :raises VocabularyError: for an unreadable file, an invalid class or none at all.
     """
-    if path is not None:
-        return Vocabulary.from_yaml(path)
-    return Vocabulary.from_names(names)
+    vocabulary = Vocabulary.from_yaml(path) if path is not None else Vocabulary.from_names(names)
+    return vocabulary.require_classes()
 
 
 def changed_vocabulary(
@@ -118,10 +117,7 @@ def changed_vocabulary(
     else:
         raise VocabularyError(f'mode {mode} is not REPLACE (0), ADD (1) or REMOVE (2)')
     # Cleans and validates every entry (empty or overlong names, duplicates once cleaned).
-    vocabulary = Vocabulary.from_records(vocabulary.to_records())
-    if len(vocabulary) == 0:
-        raise VocabularyError('the vocabulary would be empty; keep at least one class')
-    return vocabulary
+    return Vocabulary.from_records(vocabulary.to_records()).require_classes()
 
 
 def vocabulary_summary(vocabulary: Vocabulary) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from masqclip import factory
-from masqclip.inference.predictor import TASKS
+from masqclip.inference.predictor import TASKS, validate_tasks
 from masqclip.modeling.precision import PRECISIONS
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
@@ -249,11 +249,10 @@ def settings_from_values(values: Mapping[str, object]) -> Settings:
     for name, value in values.items():
         check_value(name, value)
     tasks = tuple(values['tasks'])
-    unknown = sorted(set(tasks) - set(TASKS))
-    if unknown or not tasks:
-        raise SettingsError(
-            f'parameter tasks={list(tasks)}: give a non-empty subset of {", ".join(TASKS)}'
-        )
+    try:
+        validate_tasks(tasks)
+    except ValueError as error:
+        raise SettingsError(f'parameter tasks={list(tasks)}: {error}') from error
     live = _live_fields(values)
     input_size = tuple(int(v) for v in values['model.input_size'])
     if len(input_size) != 2 or min(input_size) < 16:

@@ -70,7 +70,7 @@ def test_segment_with_a_vocabulary_file_and_one_task(image_path, tmp_path):
 @pytest.mark.parametrize(
     'args, message',
     [
-        (['--vocabulary', ' , '], 'vocabulary is empty'),
+        (['--vocabulary', ' , '], 'no class in the vocabulary'),
         (['--vocabulary', 'mug', '--checkpoint', '/nonexistent.pt'], 'not found'),
         (['--vocabulary', 'mug', '--model', 'no_such_model'], 'unknown model'),
         (['--vocabulary', 'mug', '--precision', 'fp16'], 'fp16 needs a CUDA device'),

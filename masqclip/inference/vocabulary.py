@@ -186,7 +186,7 @@ class Vocabulary:
     def require_classes(self) -> Vocabulary:
         """This vocabulary, or ``VocabularyError`` when it has no class to segment."""
         if not self.entries:
-            raise VocabularyError('the vocabulary is empty; keep or name at least one class')
+            raise VocabularyError('no class in the vocabulary: keep or name at least one')
         return self
 
     def add(self, entries: Sequence[VocabularyEntry]) -> Vocabulary:

@@ -103,8 +103,8 @@ def test_remove_normalises_whitespace_as_replace_does() -> None:
         ((), ADD, 'nothing to add'),
         ((), REMOVE, 'nothing to remove'),
         (('unicorn',), REMOVE, 'not in the vocabulary'),
-        (('red hollow', 'table'), REMOVE, 'would be empty'),
-        ((), REPLACE, 'would be empty'),
+        (('red hollow', 'table'), REMOVE, 'no class in the vocabulary'),
+        ((), REPLACE, 'no class in the vocabulary'),
         (('cup', ' CUP '), REPLACE, 'twice'),
         (('cup',), 7, 'mode 7 is not'),
     ],
@@ -129,6 +129,9 @@ def test_parameters_name_the_vocabulary_by_names_or_by_file(tmp_path) -> None:
     assert from_file.entries[1].synonyms == ('plantain',)
     with pytest.raises(VocabularyError, match='cannot read vocabulary file'):
         runtime.parameter_vocabulary(('mug',), str(tmp_path / 'missing.yaml'))
+    # Configure refuses an empty list as a live change or the service would.
+    with pytest.raises(VocabularyError, match='no class in the vocabulary'):
+        runtime.parameter_vocabulary((), None)
 
 
 def test_stamp_text_has_nine_digits_of_nanoseconds() -> None:

@@ -70,9 +70,9 @@ def test_check_value_takes_values_within_range_and_unchecked_kinds(name, value) 
 @pytest.mark.parametrize(
     ('changes', 'message'),
     [
-        ({'tasks': ['instance', 'depth']}, r"parameter tasks=\['instance', 'depth'\]: give a "
-                                           'non-empty subset of instance, semantic, panoptic'),
-        ({'tasks': []}, r'parameter tasks=\[\]: give a non-empty subset'),
+        ({'tasks': ['instance', 'depth']}, r"parameter tasks=\['instance', 'depth'\]: unknown "
+                                           r"tasks \['depth'\]: choose one or more of instance"),
+        ({'tasks': []}, r'parameter tasks=\[\]: no task given'),
         ({'vocabulary_file': '/nonexistent/kitchen.yaml'},
          "parameter vocabulary_file: no file at '/nonexistent/kitchen.yaml'"),
         ({'model__input_size': [640]}, r'parameter model.input_size=\[640\]: give \[width, '
