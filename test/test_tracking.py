@@ -16,6 +16,7 @@ from masqclip.evaluation import tracking as evaluation
 from masqclip.factory import build_model
 from masqclip.inference import tracking
 from masqclip.inference.predictor import Predictor
+from masqclip.inference.results import Instance
 from masqclip.inference.tracking import Tracker, TrackerCfg
 from masqclip.tools import eval_tracks
 
@@ -210,6 +211,17 @@ def test_the_gallery_remembers_the_latest_looks() -> None:
     assert returning_id(32) == 2  # its mean is still halfway between A and B
 
 
+def test_trackable_instances_are_things_once_per_proposal() -> None:
+    def instance(score: float, class_id: int, query: int) -> Instance:
+        return Instance.from_mask('', class_id, score, 1.0, np.ones((4, 4), bool), A, query)
+
+    ranked = [instance(0.9, 0, 7), instance(0.8, 2, 5), instance(0.7, 1, 7), instance(0.6, 1, 3),
+              instance(0.2, 0, 9)]  # fmt: skip
+    is_thing = (True, True, False)
+    chosen = tracking.trackable_instances(ranked, is_thing, min_score=0.3)
+    assert [(i.query_index, i.class_id) for i in chosen] == [(7, 0), (3, 1)]
+
+
 def test_synthetic_crowd_keeps_every_id() -> None:
     cost = evaluation.tracker_cost(num_objects=100, num_frames=10)
     assert cost.tracks_started == 100
@@ -235,9 +247,7 @@ def test_ground_truth_mask_embeddings_match_the_models_own(demo: tuple) -> None:
     assert embedded.shape == (len(truth), network.mask_clip.embed_dim)
     np.testing.assert_allclose(np.linalg.norm(embedded, axis=1), 1.0, atol=1e-5)
     result = predictor.predict(image, tasks=('instance',))
-    instances = evaluation.best_thing_instances(
-        result.instances, predictor.vocabulary.is_thing, 0.0
-    )
+    instances = tracking.trackable_instances(result.instances, predictor.vocabulary.is_thing, 0.0)
     assert len({i.query_index for i in instances}) == len(instances)
     assert all(predictor.vocabulary.is_thing[i.class_id] for i in instances)
     iou = evaluation._mask_iou(truth, np.array([i.mask for i in instances]))

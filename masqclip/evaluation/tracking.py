@@ -22,7 +22,7 @@ from PIL import Image
 from masqclip.data.io import read_image, read_panoptic_png
 from masqclip.inference.predictor import Predictor
 from masqclip.inference.results import Instance
-from masqclip.inference.tracking import Tracker, TrackerCfg
+from masqclip.inference.tracking import Tracker, TrackerCfg, trackable_instances
 from masqclip.inference.transforms import ResizeSpec
 from masqclip.inference.vocabulary import Vocabulary
 from masqclip.modeling.masqclip import MasQCLIP
@@ -111,6 +111,8 @@ def ground_truth_detector(network: MasQCLIP, predictor: Predictor) -> Detector:
     """The frame's annotated masks, each embedded by ``network``'s mask-token CLIP."""
 
     def detect(frame: TruthFrame, image: np.ndarray) -> list[Instance]:
+        if not frame.objects:
+            return []
         masks = frame.masks()
         embeddings = mask_embeddings(network, predictor, image, masks)
         return [
@@ -127,24 +129,9 @@ def model_detector(predictor: Predictor, min_score: float) -> Detector:
 
     def detect(frame: TruthFrame, image: np.ndarray) -> list[Instance]:
         result = predictor.predict(image, tasks=('instance',))
-        return best_thing_instances(result.instances, predictor.vocabulary.is_thing, min_score)
+        return trackable_instances(result.instances, predictor.vocabulary.is_thing, min_score)
 
     return detect
-
-
-def best_thing_instances(
-    instances: Sequence[Instance], is_thing: Sequence[bool], min_score: float
-) -> list[Instance]:
-    """Of score-sorted instances, the things scoring ``min_score`` or more, each proposal once:
-    instance output ranks proposal x class pairs, so one mask comes with several classes."""
-    chosen, seen = [], set()
-    for instance in instances:
-        if instance.score < min_score:
-            break
-        if is_thing[instance.class_id] and instance.query_index not in seen:
-            seen.add(instance.query_index)
-            chosen.append(instance)
-    return chosen
 
 
 def mask_embeddings(

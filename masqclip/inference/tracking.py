@@ -25,6 +25,8 @@ from typing import Protocol
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from masqclip.inference.results import Instance
+
 # An entry linear_sum_assignment can never prefer to a real one; gated pairs get it.
 _FORBIDDEN = 1e6
 # Weight of the newest centre step in the velocity estimate: box centres of partial masks
@@ -381,6 +383,25 @@ class Tracker:
             allowed &= np.array(classes)[free][:, None] == np.array(track_classes)[None]
         detections, matched = _assign(np.where(allowed, 1 - similarity, _FORBIDDEN))
         return free[detections], rows[matched]
+
+
+def trackable_instances(
+    instances: Sequence[Instance], is_thing: Sequence[bool], min_score: float
+) -> list[Instance]:
+    """What to track of a frame's score-sorted instances: the things scoring ``min_score`` or
+    more, each proposal once (its best class). Instance output ranks proposal x class pairs,
+    so one mask comes with several classes; tracked alone, each would start a track.
+
+    :param is_thing: by class id (``Vocabulary.is_thing``).
+    """
+    chosen, seen = [], set()
+    for instance in instances:
+        if instance.score < min_score:
+            break
+        if is_thing[instance.class_id] and instance.query_index not in seen:
+            seen.add(instance.query_index)
+            chosen.append(instance)
+    return chosen
 
 
 def _assign(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
