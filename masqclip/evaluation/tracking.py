@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import motmetrics as mm
 import numpy as np
 import torch
 from PIL import Image
@@ -26,6 +26,9 @@ from masqclip.inference.tracking import Tracker, TrackerCfg, trackable_instances
 from masqclip.inference.transforms import ResizeSpec
 from masqclip.inference.vocabulary import Vocabulary
 from masqclip.modeling.masqclip import MasQCLIP
+
+if TYPE_CHECKING:
+    import motmetrics as mm
 
 MIN_IOU = 0.5
 """A hypothesis covers a ground-truth object when their masks' IoU reaches this (MOT's 0.5)."""
@@ -197,7 +200,18 @@ def evaluate_tracking(
     cfg: TrackerCfg | None = None,
     max_frames: int | None = None,
 ) -> TrackingScores:
-    """Track the sequence's (first ``max_frames``) frames and score the tracks."""
+    """Track the sequence's (first ``max_frames``) frames and score the tracks.
+
+    :raises RuntimeError: where motmetrics is not installed.
+    """
+    # Imported here: motmetrics (and pandas) is a test requirement, and the masqclip command
+    # imports every subcommand's module to build its parser.
+    try:
+        import motmetrics as mm
+    except ImportError as error:
+        raise RuntimeError(
+            'tracking metrics need motmetrics (scripts/requirements.txt): pip install motmetrics'
+        ) from error
     frames = sequence.frames[:max_frames]
     tracker = Tracker(cfg)
     accumulator = mm.MOTAccumulator(auto_id=False)
