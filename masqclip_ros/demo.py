@@ -158,12 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     profile = share_directory() / 'config' / 'fastdds_local.xml'
     if profile.is_file():
         os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(profile))
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    # The camera's publishers exist before the node starts: it activates with a QoS matching
+    # them (input.reliability auto), not with best effort switched a second later.
+    replay = Replay(context)
     overrides = {'vocabulary_file': args.vocabulary_file, 'depth.enabled': 'true'}
     node = NodeProcess(args.out / 'node.log', args.params_file, overrides)
     sequence = load_sequence(args.sequence, args.frames)  # while the node starts
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    replay = Replay(context)
     try:
         if not replay.wait_ready(node.alive, NODE_START_S):
             print(f'the node did not start; see {args.out / "node.log"}', file=sys.stderr)
