@@ -15,7 +15,7 @@ LAYERS = (
     ('modeling', 'data'),
     ('checkpoint',),
     ('inference',),
-    ('export', 'evaluation', 'visualization'),
+    ('export', 'evaluation', 'visualization', 'animation'),
     ('factory',),
     ('training', 'tools', 'cli'),
 )
