@@ -2,9 +2,9 @@
 
 Declaration, lifecycle, callbacks and publishing. The rest lives in sibling modules: policy and
 thread-safe state (``runtime``), the frames kept for find (``history``) and a find's answer
-(``find``), the image subscription's QoS (``image_qos``), the thread lanes (``executor``), the
-parameters (``settings``), conversions, messages and 3D geometry; the model is a ``masqclip``
-``Predictor``. Start it without launch with
+(``find``), the camera subscriptions and their QoS (``camera_subscription``, ``image_qos``), the
+thread lanes (``executor``), the parameters (``settings``), conversions, messages and 3D
+geometry; the model is a ``masqclip`` ``Predictor``. Start it without launch with
 ``python -m masqclip_ros.node --ros-args --params-file config/segment.yaml``.
 """
 
@@ -41,6 +41,7 @@ from masqclip.inference.predictor import Predictor
 from masqclip.inference.results import SegmentationResult
 from masqclip.inference.vocabulary import Vocabulary, VocabularyEntry, VocabularyError
 from masqclip.visualization import draw_overlay
+from masqclip_ros.camera_subscription import CameraSubscription
 from masqclip_ros.conversions import (
     ImageConversionError,
     array_to_image_msg,
@@ -58,7 +59,7 @@ from masqclip_ros.geometry import (
     mask_geometry,
 )
 from masqclip_ros.history import FrameHistory, NoFrame
-from masqclip_ros.image_qos import image_qos, silence_report
+from masqclip_ros.image_qos import silence_report
 from masqclip_ros.messages import (
     detections_to_msg,
     diagnostics_to_msg,
@@ -139,12 +140,12 @@ class SegmentationNode(LifecycleNode):
         self._running = threading.Event()
         self._active_since = 0.0
         self._last_warning = 0.0
-        self._image_subscription = None
+        self._camera: CameraSubscription | None = None
+        self._depth_camera: CameraSubscription | None = None
         self._subscription_handles: list = []
         self._outputs: dict[str, object] = {}
         self._timer_handles: list = []
         self._image_topic = ''
-        self._image_qos: QoSProfile | None = None
         self._input_group = MutuallyExclusiveCallbackGroup()
         self._service_group = ReentrantCallbackGroup()
         self._find_group = ReentrantCallbackGroup()
@@ -246,22 +247,27 @@ class SegmentationNode(LifecycleNode):
 
     def _activate(self) -> None:
         settings = self.settings
-        self._image_qos = self._choose_image_qos(settings)
-        self._image_subscription = self._subscribe_image(settings)
         group = self._input_group
+        if settings.compressed:
+            self._camera = CameraSubscription(
+                self, CompressedImage, 'image/compressed', self._on_compressed, group
+            )
+        else:
+            self._camera = CameraSubscription(self, Image, 'image', self._on_image, group)
+        self._camera.subscribe(settings.reliability)
+        self._image_topic = self._camera.topic
         self._subscription_handles = [
             self.create_subscription(VocabularyMsg, 'vocabulary', self._on_vocabulary_topic,
                                      LATCHED_QOS, callback_group=group),
         ]  # fmt: skip
         if settings.depth_enabled:
-            self._subscription_handles += [
-                self.create_subscription(
-                    Image, 'depth', self._on_depth, self._image_qos, callback_group=group
-                ),
+            self._depth_camera = CameraSubscription(self, Image, 'depth', self._on_depth, group)
+            self._depth_camera.subscribe(settings.reliability)
+            self._subscription_handles.append(
                 self.create_subscription(
                     CameraInfo, 'camera_info', self._on_camera_info, 10, callback_group=group
-                ),
-            ]
+                )
+            )
         self._active_since = self._last_warning = time.monotonic()
         self._slot.clear()  # a frame a late callback left while inactive
         self._running.set()
@@ -272,7 +278,7 @@ class SegmentationNode(LifecycleNode):
         self._worker.start()
         self.get_logger().info(
             f'active: segmenting {self._image_topic} '
-            f'({self._image_qos.reliability.name.lower()}, depth 1)'
+            f'({self._camera.qos.reliability.name.lower()}, depth 1)'
         )
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -299,10 +305,12 @@ class SegmentationNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _unsubscribe(self) -> None:
-        for subscription in [self._image_subscription, *self._subscription_handles]:
-            if subscription is not None:
-                self.destroy_subscription(subscription)
-        self._image_subscription = None
+        for camera in (self._camera, self._depth_camera):
+            if camera is not None:
+                camera.destroy()
+        for subscription in self._subscription_handles:
+            self.destroy_subscription(subscription)
+        self._camera = self._depth_camera = None
         self._subscription_handles = []
 
     def _release(self) -> None:
@@ -330,46 +338,21 @@ class SegmentationNode(LifecycleNode):
             self._worker = None
         self._history.stop()  # NEXT finds stop waiting for a frame that will not come
 
-    def _subscribe_image(self, settings: Settings) -> object:
-        """Subscribe to the camera topic with ``self._image_qos``."""
-        if settings.compressed:
-            self._image_topic = self.resolve_topic_name('image/compressed')
-            return self.create_subscription(
-                CompressedImage, 'image/compressed', self._on_compressed, self._image_qos,
-                callback_group=self._input_group,
-            )  # fmt: skip
-        self._image_topic = self.resolve_topic_name('image')
-        return self.create_subscription(
-            Image, 'image', self._on_image, self._image_qos, callback_group=self._input_group
-        )
-
     def _follow_publishers(self) -> None:
-        """With reliability auto, switch the image subscription when the publishers change: a
-        camera started after the node is usually reliable, and best effort would lose large
-        frames in transport.
+        """With reliability auto, let the camera streams follow their publishers (see
+        ``CameraSubscription``).
 
         Polled, as rclpy calls nothing when a topic gains or loses a publisher, on a timer of
         its own: publishing diagnostics must not change subscriptions, nor a long diagnostics
         period delay the switch. In the default callback group, with the lifecycle services,
         so never during a transition that subscribes or unsubscribes.
         """
-        if self._image_subscription is None:  # not active
-            return
-        wanted = self._choose_image_qos(self.settings)
-        if wanted.reliability == self._image_qos.reliability:
-            return
-        self.destroy_subscription(self._image_subscription)
-        self._image_qos = wanted
-        self._image_subscription = self._subscribe_image(self.settings)
-        self.get_logger().info(
-            f'{self._image_topic}: publishers changed, subscription now '
-            f'{wanted.reliability.name.lower()}'
-        )
-
-    def _choose_image_qos(self, settings: Settings) -> QoSProfile:
-        topic = 'image/compressed' if settings.compressed else 'image'
-        publishers = self.get_publishers_info_by_topic(self.resolve_topic_name(topic))
-        return image_qos(settings.reliability, publishers)
+        for camera in (self._camera, self._depth_camera):
+            if camera is not None and camera.follow():
+                self.get_logger().info(
+                    f'{camera.topic}: publishers changed, subscription now '
+                    f'{camera.qos.reliability.name.lower()}'
+                )
 
     # Inputs ---------------------------------------------------------------------------
 
@@ -673,11 +656,11 @@ class SegmentationNode(LifecycleNode):
             if silent > settings.warn_after_s:
                 level = DiagnosticStatus.WARN
                 message = f'no image for {silent:.0f} s on {self._image_topic}'
-                if now - self._last_warning > settings.warn_after_s:
+                camera = self._camera
+                if camera is not None and now - self._last_warning > settings.warn_after_s:
                     self._last_warning = now
-                    publishers = self.get_publishers_info_by_topic(self._image_topic)
                     self.get_logger().warning(
-                        silence_report(self._image_topic, silent, self._image_qos, publishers)
+                        silence_report(camera.topic, silent, camera.qos, camera.publishers())
                     )
         values = {
             **window,

@@ -133,7 +133,9 @@ def test_panoptic_threshold_and_void() -> None:
     assert panoptic.dtype == torch.int32
     assert panoptic.tolist() == [[1, 1, 0, 0, 0, 0]] * 2
     assert segments == [
-        PanopticSegmentInfo(id=1, class_id=0, is_thing=True, score=pytest.approx(0.9), area=4)
+        PanopticSegmentInfo(
+            id=1, class_id=0, is_thing=True, score=pytest.approx(0.9), area=4, query_index=0
+        )
     ]
 
 
@@ -152,8 +154,9 @@ def test_panoptic_drops_queries_that_lose_most_of_their_mask() -> None:
     scores = torch.tensor([[0.9, 0.0], [0.0, 0.6], [0.8, 0.0]])
     is_thing = torch.tensor([True, True])
     panoptic, segments = panoptic_inference(scores, logits, is_thing, overlap_threshold=0.3)
-    # The dropped middle query leaves no gap in the ids, and its pixel becomes void.
-    assert [(s.id, s.class_id) for s in segments] == [(1, 0), (2, 0)]
+    # The dropped middle query leaves no gap in the ids, and its pixel becomes void; each
+    # segment names the query it came from.
+    assert [(s.id, s.class_id, s.query_index) for s in segments] == [(1, 0, 0), (2, 0, 2)]
     assert panoptic[0].tolist() == [1, 1, 1, 0, 2, 2]
 
     _, segments = panoptic_inference(scores, logits, is_thing, overlap_threshold=0.2)
@@ -180,9 +183,9 @@ def test_panoptic_merges_stuff_of_one_class_but_not_things() -> None:
     panoptic, segments = panoptic_inference(scores, logits, is_thing)
     assert panoptic[0].tolist() == [1, 1, 2, 2, 1, 1, 3, 3]
     assert segments == [
-        PanopticSegmentInfo(id=1, class_id=1, is_thing=False, score=pytest.approx(0.8), area=8),
-        PanopticSegmentInfo(id=2, class_id=0, is_thing=True, score=pytest.approx(0.7), area=4),
-        PanopticSegmentInfo(id=3, class_id=0, is_thing=True, score=pytest.approx(0.9), area=4),
+        PanopticSegmentInfo(1, 1, False, pytest.approx(0.8), 8, query_index=-1),  # merged
+        PanopticSegmentInfo(2, 0, True, pytest.approx(0.7), 4, query_index=1),
+        PanopticSegmentInfo(3, 0, True, pytest.approx(0.9), 4, query_index=3),
     ]
     assert sorted(panoptic.unique().tolist()) == [1, 2, 3]
 

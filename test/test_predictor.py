@@ -211,3 +211,18 @@ def test_find_names_an_empty_negative_query(predictor, rng):
     result = predictor.predict(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     with pytest.raises(VocabularyError, match='negative query 2 is empty'):
         predictor.find(result, 'red mug', ['blue mug', '   '])
+
+
+def test_thing_segments_name_the_query_of_their_instance(tiny_model, rng):
+    network, config = tiny_model
+    # No thresholds: the random tiny model's scores are low, and every proposal competes.
+    predictor = Predictor.from_network(
+        network, config, object_mask_threshold=0.0, overlap_threshold=0.0
+    )
+    predictor.set_vocabulary(Vocabulary.parse('red mug, table'))
+    result = predictor.predict(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    things = [s for s in result.segments if s.is_thing]
+    instance_queries = {(i.query_index, i.class_id) for i in result.instances}
+    assert things, 'the tiny model should make some thing segment'
+    assert all((s.query_index, s.class_id) in instance_queries for s in things)
+    assert all(s.query_index == -1 for s in result.segments if not s.is_thing)

@@ -28,6 +28,8 @@ class PanopticSegmentInfo:
     :param is_thing: True for a countable object, False for a stuff region (merged per class).
     :param score: the segment's class score (for merged stuff, the best of its queries).
     :param area: number of pixels carrying ``id``.
+    :param query_index: the query a thing segment comes from; -1 for stuff (it may merge
+        several).
     """
 
     id: int
@@ -35,6 +37,7 @@ class PanopticSegmentInfo:
     is_thing: bool
     score: float
     area: int
+    query_index: int = -1
 
 
 @dataclass(frozen=True)
@@ -241,7 +244,7 @@ def panoptic_inference(
         strict=True,
     )
     query_to_id = [0] * num_kept
-    # Per segment: [class_id, is_thing, score]; the segment's id is its position + 1.
+    # Per segment: [class_id, is_thing, score, query]; the segment's id is its position + 1.
     segments: list[list] = []
     stuff_id: dict[int, int] = {}
     for query, (score, class_id, won, segment, original) in enumerate(rows):
@@ -255,7 +258,7 @@ def panoptic_inference(
             merged[2] = max(merged[2], score)
             query_to_id[query] = stuff_id[class_id]
             continue
-        segments.append([class_id, thing, score])
+        segments.append([class_id, thing, score, kept[query] if thing else -1])
         query_to_id[query] = len(segments)
         if not thing:
             stuff_id[class_id] = len(segments)
@@ -267,10 +270,8 @@ def panoptic_inference(
     panoptic = flat.view(height, width)
     areas = torch.bincount(flat.long(), minlength=len(segments) + 1).tolist()
     infos = [
-        PanopticSegmentInfo(
-            id=segment_id, class_id=class_id, is_thing=thing, score=score, area=areas[segment_id]
-        )
-        for segment_id, (class_id, thing, score) in enumerate(segments, start=1)
+        PanopticSegmentInfo(segment_id, class_id, thing, score, areas[segment_id], query)
+        for segment_id, (class_id, thing, score, query) in enumerate(segments, start=1)
     ]
     return panoptic, infos
 

@@ -380,7 +380,9 @@ class Predictor:
         )
         names = active.vocabulary.names
         segments = [
-            PanopticSegment(s.id, s.class_id, names[s.class_id], s.is_thing, s.score, s.area)
+            PanopticSegment(
+                s.id, s.class_id, names[s.class_id], s.is_thing, s.score, s.area, s.query_index
+            )
             for s in infos
         ]
         return panoptic.cpu().numpy().astype(np.int32), segments

@@ -51,6 +51,10 @@ class Instance:
     :param embedding: float32 (D,), the proposal's L2-normalised CLIP mask embedding.
     :param query_index: which of the proposer's Q queries this instance came from.
     :param image_size: (H, W) of the input image.
+    :param track_id: the object's identity across frames (>= 1) when a tracker saw the frame;
+        0 when none did.
+    :param first_seen_s: when that track was first seen (the stamp of its first frame, in
+        seconds); None without a track.
     """
 
     label: str
@@ -62,6 +66,8 @@ class Instance:
     embedding: np.ndarray
     query_index: int
     image_size: tuple[int, int]
+    track_id: int = 0
+    first_seen_s: float | None = None
 
     @classmethod
     def from_mask(
@@ -117,6 +123,10 @@ class PanopticSegment:
     :param is_thing: True for a countable object, False for a stuff region (merged per class).
     :param score: the segment's class score (for merged stuff, the best of its queries).
     :param area: number of pixels.
+    :param query_index: the proposal a thing segment comes from (its instance has the same
+        ``query_index``); -1 for stuff, which may merge several.
+    :param track_id: a thing's identity across frames, as its instance's; 0 without one.
+    :param first_seen_s: when that track was first seen; None without a track.
     """
 
     id: int
@@ -125,6 +135,9 @@ class PanopticSegment:
     is_thing: bool
     score: float
     area: int
+    query_index: int = -1
+    track_id: int = 0
+    first_seen_s: float | None = None
 
 
 @dataclass(frozen=True)

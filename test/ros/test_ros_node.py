@@ -196,7 +196,7 @@ def test_every_service_and_vocabulary_change_while_streaming(rig: Rig) -> None:
             (replace, [VocabularyEntry(name='  ')], 'empty'),
             (replace, [cup, cup], 'twice'),
             (replace, [VocabularyEntry(name=f'c{i}') for i in range(5000)], 'more than'),
-            (replace, [], 'empty'),
+            (replace, [], 'no class in the vocabulary'),
             (remove_mode, [VocabularyEntry(name='unicorn')], 'not in'),
             (7, [cup], 'mode'),
             (replace, [VocabularyEntry(name='a\x07b')], 'control'),
@@ -318,12 +318,18 @@ def first_output(client: Client, topic: str, send) -> InstanceSegmentation:
 
 
 def test_auto_reliability_follows_a_reliable_camera_started_later(tmp_path) -> None:
-    with node_in_namespace(tmp_path, '/auto', {'input.reliability': 'auto'}) as (process, client):
+    parameters = {'input.reliability': 'auto', 'depth.enabled': 'true'}
+    with node_in_namespace(tmp_path, '/auto', parameters) as (process, client):
         # No publisher yet: best effort matches any camera that comes.
         assert 'segmenting /auto/image (best_effort' in process.log()
         camera = client.node.create_publisher(Image, '/auto/image', QOS)  # reliable
         client.spin_until(lambda: '/auto/image: publishers changed, subscription now reliable'
                           in process.log(), 20, 'the switch to reliable')  # fmt: skip
+        # The depth stream follows its own publishers (another driver may publish it).
+        assert '/auto/depth: publishers changed' not in process.log()
+        client.node.create_publisher(Image, '/auto/depth', QOS)
+        client.spin_until(lambda: '/auto/depth: publishers changed, subscription now reliable'
+                          in process.log(), 20, 'the depth switch to reliable')  # fmt: skip
         output = first_output(
             client, '/auto/masqclip_ns/instances', lambda: camera.publish(image_msg(7))
         )
