@@ -7,9 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from masqclip.inference.postprocess import instance_inference, panoptic_inference
-from masqclip.inference.transforms import (
+from masqclip.inference import postprocess
+from masqclip.inference.postprocess import (
     ImageSizeMaskLogits,
+    instance_inference,
+    panoptic_inference,
+)
+from masqclip.inference.transforms import (
     image_to_tensor,
     mask_logits_to_image,
     plan_resize,
@@ -89,6 +93,31 @@ def test_image_size_mask_logits_equal_one_resize_of_all_proposals():
     assert torch.equal(got_map, want_map) and got_segments == want_segments
     want = instance_inference(scores, dense, 10, is_thing)
     got = instance_inference(scores, lazy, 10, is_thing)
+    assert got.query_indices.tolist() == want.query_indices.tolist()
+    assert torch.equal(got.paste_masks(*spec.original), want.paste_masks(*spec.original))
+    torch.testing.assert_close(got.scores, want.scores)
+
+
+def test_instance_inference_reuses_the_crops_panoptic_inference_made(monkeypatch):
+    torch.manual_seed(1)
+    low_res = torch.randn(7, 16, 24) * 3
+    spec = plan_resize(70, 85, 64, 128, 32)
+    scores, is_thing = torch.rand(7, 3), torch.tensor([True, False, True])
+    want = instance_inference(scores, mask_logits_to_image(low_res, spec), 10, is_thing)
+    resized = []
+
+    def counting(logits, spec):
+        resized.append(logits.shape[0])
+        return mask_logits_to_image(logits, spec)
+
+    monkeypatch.setattr(postprocess, 'mask_logits_to_image', counting)
+    _, candidates, _ = postprocess.top_instance_pairs(scores, 10, is_thing)
+    lazy = ImageSizeMaskLogits(low_res, spec, keep_crops=candidates.tolist())
+    _, segments = panoptic_inference(scores, lazy, is_thing, 0.0, 0.0)
+    panoptic_reads = len(resized)
+    got = instance_inference(scores, lazy, 10, is_thing)
+    # Panoptic read every proposal (no threshold), so instances resized none again.
+    assert panoptic_reads == 7 and len(resized) == 7
     assert got.query_indices.tolist() == want.query_indices.tolist()
     assert torch.equal(got.paste_masks(*spec.original), want.paste_masks(*spec.original))
     torch.testing.assert_close(got.scores, want.scores)

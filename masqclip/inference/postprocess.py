@@ -4,19 +4,70 @@ Every function takes torch tensors for ONE image (no batch dimension), on any de
 returns tensors on that same device. ``Q`` is the number of proposals (queries), ``N`` the
 number of vocabulary classes (background excluded) and ``H x W`` the size the mask logits
 were resized to (normally the input image's size). Panoptic and instance inference read the
-full-size mask logits one proposal at a time (``mask_logits[q]``), so they accept a
-``transforms.ImageSizeMaskLogits`` that resizes on demand: memory stays O(H x W), not
-O(Q x H x W).
+full-size mask logits one proposal at a time (``mask_logits[q]``), so they accept an
+``ImageSizeMaskLogits`` that resizes on demand: memory stays O(H x W), not O(Q x H x W).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
 
 from masqclip.inference.results import UNLABELED
+from masqclip.inference.transforms import ResizeSpec, mask_logits_to_image
 from masqclip.modeling.masqclip import CLIP_LOGIT_SCALE, clip_logits
+
+
+class ImageSizeMaskLogits:
+    """Mask logits [Q, Hp/4, Wp/4] read one proposal at a time at the original image size
+    (``mask_logits_to_image``), so post-processing never holds Q full-size maps: at 4096 x
+    4096 those are 64 MiB each.
+
+    Quacks like a (Q, H, W) tensor for the post-processing functions: ``shape``, ``ndim``,
+    ``len`` and ``[query]`` (bilinear resizing treats each proposal independently, so a
+    proposal read alone equals its slice of the whole resize).
+
+    Resizing is most of post-processing's cost on a large frame, and panoptic and instance
+    inference read mostly the same proposals: the ``keep_crops`` proposals keep their
+    ``cropped_mask`` (a box-sized crop, not a full map) when first read, so instance
+    inference after panoptic inference resizes only the proposals panoptic did not read.
+
+    :param keep_crops: proposals whose crops to keep (the instance candidates).
+    """
+
+    ndim = 3
+
+    def __init__(
+        self, mask_logits: torch.Tensor, spec: ResizeSpec, keep_crops: Collection[int] = ()
+    ) -> None:
+        self.low_res = mask_logits
+        self.spec = spec
+        self._keep_crops = frozenset(keep_crops)
+        self._crops: dict[int, tuple[float, torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.low_res.shape[0], *self.spec.original)
+
+    @property
+    def device(self) -> torch.device:
+        return self.low_res.device
+
+    def __len__(self) -> int:
+        return self.low_res.shape[0]
+
+    def __getitem__(self, query: int) -> torch.Tensor:
+        """float (H, W) logits of one proposal at the original image size."""
+        logits = mask_logits_to_image(self.low_res[query : query + 1], self.spec)[0]
+        if query in self._keep_crops and query not in self._crops:
+            self._crops[query] = cropped_mask(logits)
+        return logits
+
+    def cropped(self, query: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """``cropped_mask`` of one proposal, resized only if no earlier read kept it."""
+        return self._crops.get(query) or cropped_mask(self[query])
 
 
 @dataclass(frozen=True)
@@ -307,20 +358,12 @@ def instance_inference(
             f'got {tuple(keep_classes.shape)}'
         )
     device = mask_logits.device
-    scores = class_scores.float().to(device)
-    allowed = torch.ones(num_classes, dtype=torch.bool, device=device)
-    if keep_classes is not None:
-        allowed = keep_classes.bool().to(device)
-        scores = scores.masked_fill(~allowed, -1.0)  # below every real score
-    k = min(max_instances, num_queries * int(allowed.sum()))
-    top_scores, flat_index = scores.flatten().topk(k)
-    # max(., 1) only avoids dividing the empty index tensor by zero when N == 0.
-    query_indices = flat_index // max(num_classes, 1)
-    class_ids = flat_index % max(num_classes, 1)
-
+    top_scores, query_indices, class_ids = top_instance_pairs(
+        class_scores.to(device), max_instances, keep_classes
+    )
     # Pairs of one query share its mask: each query's full-size map is made once, and only
     # its box crop is kept.
-    masks = {q: cropped_mask(mask_logits[q]) for q in query_indices.unique().tolist()}
+    masks = {q: _cropped(mask_logits, q) for q in query_indices.unique().tolist()}
     queries = query_indices.tolist()
     mean_inside = torch.tensor([masks[q][0] for q in queries], device=device)
     final = top_scores * mean_inside
@@ -335,6 +378,34 @@ def instance_inference(
         ),
         mask_crops=[masks[queries[i]][2] for i in order],
     )
+
+
+def top_instance_pairs(
+    class_scores: torch.Tensor, max_instances: int, keep_classes: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The top ``max_instances`` (query, class) pairs by class score, among ``keep_classes``:
+    the candidates of ``instance_inference``, before mask quality reorders them.
+
+    :return: their scores, query indices and class ids, highest score first.
+    """
+    num_queries, num_classes = class_scores.shape
+    scores = class_scores.float()
+    allowed = torch.ones(num_classes, dtype=torch.bool, device=scores.device)
+    if keep_classes is not None:
+        allowed = keep_classes.bool().to(scores.device)
+        scores = scores.masked_fill(~allowed, -1.0)  # below every real score
+    k = min(max_instances, num_queries * int(allowed.sum()))
+    top_scores, flat_index = scores.flatten().topk(k)
+    # max(., 1) only avoids dividing the empty index tensor by zero when N == 0.
+    return top_scores, flat_index // max(num_classes, 1), flat_index % max(num_classes, 1)
+
+
+def _cropped(
+    mask_logits: torch.Tensor | ImageSizeMaskLogits, query: int
+) -> tuple[float, torch.Tensor, torch.Tensor]:
+    if isinstance(mask_logits, ImageSizeMaskLogits):
+        return mask_logits.cropped(query)
+    return cropped_mask(mask_logits[query])
 
 
 def mean_sigmoid_inside(mask_logits: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from masqclip.checkpoint import fingerprint_module
 from masqclip.inference.known_words import KnownWords
 from masqclip.inference.postprocess import (
+    ImageSizeMaskLogits,
     classify_masks,
     cropped_mask,
     instance_inference,
@@ -26,6 +27,7 @@ from masqclip.inference.postprocess import (
     mean_sigmoid_inside,
     panoptic_inference,
     semantic_inference,
+    top_instance_pairs,
 )
 from masqclip.inference.results import (
     Instance,
@@ -35,7 +37,6 @@ from masqclip.inference.results import (
     SegmentationResult,
 )
 from masqclip.inference.transforms import (
-    ImageSizeMaskLogits,
     PreprocessCfg,
     ResizeSpec,
     crop_mask_logits,
@@ -238,7 +239,12 @@ class Predictor:
                 clock.lap('semantic')
             rendered: dict[int, RenderedMask] = {}
             if tasks & {'instance', 'panoptic'}:
-                full_logits = ImageSizeMaskLogits(mask_logits, spec)
+                things_only = 'panoptic' in tasks
+                # With both, the instance candidates keep the crops the panoptic pass makes.
+                keep = ()
+                if {'instance', 'panoptic'} <= tasks:
+                    keep = self._instance_candidates(active, class_scores, things_only)
+                full_logits = ImageSizeMaskLogits(mask_logits, spec, keep)
                 if 'panoptic' in tasks:
                     result.panoptic, result.segments = self._panoptic(
                         active, class_scores, full_logits
@@ -251,7 +257,7 @@ class Predictor:
                         full_logits,
                         embeddings,
                         objectness,
-                        things_only='panoptic' in tasks,
+                        things_only,
                     )
                     clock.lap('instance')
             # What every later find needs, whatever its query: computed once per frame.
@@ -386,6 +392,13 @@ class Predictor:
             for s in infos
         ]
         return panoptic.cpu().numpy().astype(np.int32), segments
+
+    def _instance_candidates(
+        self, active: _ActiveVocabulary, class_scores: torch.Tensor, things_only: bool
+    ) -> set[int]:
+        keep = active.is_thing if things_only else None
+        _, queries, _ = top_instance_pairs(class_scores, self._max_instances, keep)
+        return set(queries.tolist())
 
     def _instances(
         self,

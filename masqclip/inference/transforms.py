@@ -156,35 +156,3 @@ def mask_logits_to_image(mask_logits: torch.Tensor, spec: ResizeSpec) -> torch.T
     if spec.resized != spec.original:
         logits = F.interpolate(logits, size=spec.original, mode='bilinear', align_corners=False)
     return logits[0]
-
-
-class ImageSizeMaskLogits:
-    """Mask logits [Q, Hp/4, Wp/4] read one proposal at a time at the original image size
-    (``mask_logits_to_image``), so post-processing never holds Q full-size maps: at 4096 x
-    4096 those are 64 MiB each.
-
-    Quacks like a (Q, H, W) tensor for the post-processing functions: ``shape``, ``ndim``,
-    ``len`` and ``[query]`` (bilinear resizing treats each proposal independently, so a
-    proposal read alone equals its slice of the whole resize).
-    """
-
-    ndim = 3
-
-    def __init__(self, mask_logits: torch.Tensor, spec: ResizeSpec) -> None:
-        self.low_res = mask_logits
-        self.spec = spec
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.low_res.shape[0], *self.spec.original)
-
-    @property
-    def device(self) -> torch.device:
-        return self.low_res.device
-
-    def __len__(self) -> int:
-        return self.low_res.shape[0]
-
-    def __getitem__(self, query: int) -> torch.Tensor:
-        """float (H, W) logits of one proposal at the original image size."""
-        return mask_logits_to_image(self.low_res[query : query + 1], self.spec)[0]
