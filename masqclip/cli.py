@@ -31,6 +31,10 @@ COMMANDS = {
     'export': ('masqclip.tools.export', 'export the image path: ONNX graph or TensorRT engine'),
     'synth': ('masqclip.data.synthetic', 'write a procedural dataset in COCO formats'),
     'ov-split': ('masqclip.data.ov_split', 'write the open-vocabulary base/novel split'),
+    'eval-tracks': (
+        'masqclip.tools.eval_tracks',
+        'track a sequence and score the tracks: IDF1, MOTA, ID switches, re-identification',
+    ),
 }
 
 

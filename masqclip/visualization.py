@@ -2,9 +2,9 @@
 
 Colours come from the label text, so a class has the same colour in every frame, run and
 process, and in every tool that uses :func:`label_color`; ``colors=`` overrides them per
-drawn item (e.g. an instance by its track id). Pen sizes follow the image's shorter side
-(:func:`overlay_style`), and :func:`label_layout` places the labels: off the object they
-name, and off each other where there is room.
+drawn item (e.g. an instance by its track id), as ``texts=`` does their labels. Pen sizes
+follow the image's shorter side (:func:`overlay_style`), and :func:`label_layout` places the
+labels: off the object they name, and off each other where there is room.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import colorsys
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -136,6 +136,7 @@ def draw_overlay(
     show: str = 'auto',
     *,
     colors: Mapping[int, Rgb] | None = None,
+    texts: Mapping[int, str] | None = None,
 ) -> np.ndarray:
     """Draw segmentation output over a copy of the image.
 
@@ -149,13 +150,15 @@ def draw_overlay(
         present, else the instances if any, else the semantic map if present.
     :param colors: RGB colours that replace the label colour, keyed as
         :attr:`LabelBox.index` (e.g. an instance's position -> its track's colour).
+    :param texts: label texts that replace the default ones (:attr:`LabelBox.text`), keyed
+        as ``colors`` (e.g. '#7 mug 0.81' for a tracked instance).
     :return: uint8 (H, W, 3) RGB drawing; a plain copy of the image when there is nothing
         to draw.
     """
     _check_image(image_rgb, result)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f'alpha must be in [0, 1], got {alpha}')
-    items = _items(result, show, colors or {})
+    items = _items(result, show, colors or {}, texts or {})
     style = overlay_style(result.image_size)
     canvas = np.ascontiguousarray(image_rgb).copy()
     # Items come best first; paint in reverse so the best ends up on top.
@@ -175,6 +178,7 @@ def label_layout(
     show: str = 'auto',
     *,
     colors: Mapping[int, Rgb] | None = None,
+    texts: Mapping[int, str] | None = None,
 ) -> list[LabelBox]:
     """Where :func:`draw_overlay` puts its labels, best instance (or first segment) first.
 
@@ -188,9 +192,10 @@ def label_layout(
     :param result: the segmentation.
     :param show: as :func:`draw_overlay`'s.
     :param colors: as :func:`draw_overlay`'s.
+    :param texts: as :func:`draw_overlay`'s.
     :return: one label per non-empty instance, segment or region drawn.
     """
-    items = _items(result, show, colors or {})
+    items = _items(result, show, colors or {}, texts or {})
     return _layout(items, result.image_size, overlay_style(result.image_size))
 
 
@@ -208,16 +213,23 @@ def _check_image(image_rgb: np.ndarray, result: SegmentationResult) -> None:
         )
 
 
-def _items(result: SegmentationResult, show: str, colors: Mapping[int, Rgb]) -> list[_Item]:
-    """What ``show`` selects from the result, in drawing priority (best first)."""
+def _items(
+    result: SegmentationResult,
+    show: str,
+    colors: Mapping[int, Rgb],
+    texts: Mapping[int, str],
+) -> list[_Item]:
+    """What ``show`` selects from the result, in drawing priority (best first), with the
+    texts given."""
     mode = _chosen_mode(result, show)
+    items = []
     if mode == 'instances':
-        return _instance_items(result, colors)
-    if mode == 'panoptic':
-        return _panoptic_items(result, colors)
-    if mode == 'semantic':
-        return _semantic_items(result, colors)
-    return []
+        items = _instance_items(result, colors)
+    elif mode == 'panoptic':
+        items = _panoptic_items(result, colors)
+    elif mode == 'semantic':
+        items = _semantic_items(result, colors)
+    return [replace(item, text=texts.get(item.index, item.text)) for item in items]
 
 
 def _chosen_mode(result: SegmentationResult, show: str) -> str | None:

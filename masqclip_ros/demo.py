@@ -8,9 +8,11 @@ at 10 fps; the demo model's world of colour x fill-pattern objects over grass, s
 as a camera driver would, at its frame rate; keeps every ``~/overlay`` and ``~/instances``.
 Then it calls ``~/find`` three times on the last segmented frame: a class the ground truth
 shows there, one absent from every frame played, and the first again with the other classes
-in view as negative queries. It writes ``overlay.gif``, ``contact_sheet.png``, ``find.json``
-and ``summary.json`` beside ``node.log``, and prints a summary. DDS stays on loopback unless
-the environment says otherwise.
+in view as negative queries. It writes ``overlay.gif``, ``contact_sheet.png`` (the node's
+overlays: each tracked object in its track's colour, labelled with its track id),
+``find.json`` and ``summary.json`` beside ``node.log``, and prints a summary, with the tracks
+the node saw and their IDF1 and ID switches against the sequence's ground truth. DDS stays on
+loopback unless the environment says otherwise.
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
+from masqclip_ros.msg import InstanceSegmentation
 from PIL import Image
 
 from masqclip.animation import contact_sheet, evenly_spaced, shrink, write_gif
+from masqclip.evaluation import tracking as evaluation
 from masqclip_ros.conversions import image_msg_to_array
 from masqclip_ros.demo_find import ANSWERED, ask
+from masqclip_ros.demo_tracks import track_figures
 from masqclip_ros.node_process import NodeProcess, share_directory
 from masqclip_ros.recorded_sequence import RecordedSequence, load_sequence
 from masqclip_ros.replay import Replay
@@ -91,19 +96,29 @@ def write_pictures(replay: Replay, sequence: RecordedSequence, out: Path) -> dic
     return {'gif_frames': len(pictures), 'gif_fps': round(fps, 3), 'sheet_tiles': len(chosen)}
 
 
+def segmented_instances(
+    replay: Replay, sequence: RecordedSequence
+) -> list[tuple[int, int, InstanceSegmentation]]:
+    """(stamp, frame number, the node's instances) of each segmented frame, in time order."""
+    return [
+        (stamp, sequence.frame_number(replay.sent[stamp].index), msg)
+        for stamp, (_, msg) in sorted(replay.instances.items())
+        if stamp in replay.sent
+    ]
+
+
 def segmented_frames(replay: Replay, sequence: RecordedSequence) -> list[dict]:
     """Per segmented frame: number, stamp, latency and instance counts (with 3D)."""
     latencies = replay.latencies()
     return [
         {
-            'frame': sequence.frame_number(replay.sent[stamp].index),
+            'frame': number,
             'stamp': [msg.header.stamp.sec, msg.header.stamp.nanosec],
             'latency_ms': round(latencies[stamp] * 1000, 1),
             'instances': len(msg.instances),
             'with_3d': sum(instance.has_3d for instance in msg.instances),
         }
-        for stamp, (_, msg) in sorted(replay.instances.items())
-        if stamp in replay.sent
+        for stamp, number, msg in segmented_instances(replay, sequence)
     ]
 
 
@@ -126,6 +141,14 @@ def print_summary(summary: dict, found: dict, out: Path) -> None:
         f'{sum(f["instances"] for f in frames)} instances'
     )
     print(f'latency publish -> ~/instances: p50 {latency["p50"]} ms, p95 {latency["p95"]} ms')
+    tracks = summary['tracks']
+    reidentified, reentries = tracks['reidentified']
+    print(
+        f'tracks: {tracks["seen"]} seen; against the ground truth over the '
+        f'{tracks["frames_scored"]} segmented frames: IDF1 {tracks["idf1"]:.3f}, '
+        f'MOTA {tracks["mota"]:.3f}, {tracks["id_switches"]} ID switches, '
+        f'{reidentified}/{reentries} re-entries re-identified'
+    )
     truth = ', '.join(f'{o["label"]} at {o["depth_m"]} m' for o in found['ground_truth'])
     sec, nanosec = found['stamp']
     print(f'find on frame {found["frame"]} (stamp {sec}.{nanosec:09d}; in view: {truth}):')
@@ -184,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f'no find asked: {error}', file=sys.stderr)
             return 1
         (args.out / 'find.json').write_text(json.dumps(found, indent=1))
+        truth = evaluation.load_sequence(args.sequence)
+        segmented = [(number, msg) for _, number, msg in segmented_instances(replay, sequence)]
         summary = {
             'sequence': str(args.sequence),
             'width': sequence.camera_info['width'],
@@ -193,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             'frames_sent': len(replay.sent),
             'frames_segmented': len(frames),
             'latency_ms': latency_percentiles(list(replay.latencies().values())),
+            'tracks': track_figures(truth, segmented),
             'pictures': write_pictures(replay, sequence, args.out),
             'find': [answer['status'] for answer in found['answers']],
             'seconds': {

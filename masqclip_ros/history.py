@@ -18,6 +18,7 @@ from std_msgs.msg import Header
 from masqclip.inference.results import SegmentationResult
 from masqclip_ros.geometry import Intrinsics
 from masqclip_ros.runtime import stamp_text
+from masqclip_ros.tracks import FrameTracks
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class FrameRecord:
     vocabulary_version: int
     depth_m: np.ndarray | None
     intrinsics: Intrinsics | None
+    tracks: FrameTracks | None = None
+    """The frame's tracks as they were then; None when tracking is off."""
 
 
 @dataclass(frozen=True)
@@ -78,15 +81,17 @@ class FrameHistory:
         vocabulary_version: int,
         depth_m: np.ndarray | None,
         intrinsics: Intrinsics | None,
+        tracks: FrameTracks | None = None,
     ) -> FrameRecord:
         """Keep a processed frame (dropping the oldest beyond the capacity) and wake the NEXT
         finds waiting for it."""
-        # find needs only the proposals: dropping the full-size masks keeps the ring small.
+        # find needs only the proposals (and the tracks, whose instances hold crops): dropping
+        # the full-size masks keeps the ring small.
         slim = replace(result, instances=[], semantic=None, panoptic=None, segments=[])
         with self._changed:
             self._remembered += 1
             record = FrameRecord(
-                self._remembered, header, slim, vocabulary_version, depth_m, intrinsics
+                self._remembered, header, slim, vocabulary_version, depth_m, intrinsics, tracks
             )
             self._frames.append(record)
             self._changed.notify_all()

@@ -6,10 +6,11 @@ returns messages, so each output is tested on hand-made results.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from builtin_interfaces.msg import Time
+from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Vector3
 from sensor_msgs.msg import Image, RegionOfInterest
@@ -22,6 +23,8 @@ from masqclip.visualization import label_color
 from masqclip_ros import msg as ros_msg
 from masqclip_ros.conversions import array_to_image_msg
 from masqclip_ros.geometry import Geometry3D
+from masqclip_ros.runtime import NANOSECONDS_PER_SECOND
+from masqclip_ros.tracks import track_color
 
 
 def box_to_roi(box: np.ndarray, height: int, width: int) -> RegionOfInterest:
@@ -64,7 +67,10 @@ def instance_to_msg(
         roi=roi,
         area=instance.area,
         proposal_index=int(instance.query_index),
+        track_id=int(instance.track_id),
     )
+    if instance.first_seen_s is not None:
+        out.first_seen = Time(**split_seconds(instance.first_seen_s))
     if with_mask and roi.width > 0:
         crop = instance.mask_crop.astype(np.uint8) * np.uint8(255)
         out.mask = array_to_image_msg(crop, 'mono8', header)
@@ -76,6 +82,17 @@ def instance_to_msg(
                              z=float(geometry.extent[2]))  # fmt: skip
         out.depth_points = geometry.points
     return out
+
+
+def split_seconds(seconds: float) -> dict[str, int]:
+    """The ``sec`` and ``nanosec`` of a ``Time`` or ``Duration`` message for a time in seconds
+    (>= 0), to the nearest nanosecond of the float (a stamp of today's epoch as a float is
+    within 120 ns of the stamp)."""
+    whole = math.floor(seconds)
+    # The fraction alone: today's epoch in nanoseconds (1.7e18) is rounded to 256 ns as a float.
+    carry, nanosec = divmod(round((seconds - whole) * NANOSECONDS_PER_SECOND),
+                            NANOSECONDS_PER_SECOND)  # fmt: skip
+    return {'sec': whole + carry, 'nanosec': nanosec}
 
 
 def instances_to_msg(
@@ -146,6 +163,7 @@ def panoptic_to_msg(
             is_thing=bool(segment.is_thing),
             score=float(segment.score),
             area=int(segment.area),
+            track_id=int(segment.track_id),
         )
         for segment in result.segments
     ]
@@ -211,23 +229,33 @@ def detections_to_msg(result: SegmentationResult, header: Header, vision_msgs: o
 
 
 def markers_to_msg(
-    labels: Sequence[str], geometries: Sequence[Geometry3D | None], header: Header
+    instances: Sequence[Instance],
+    geometries: Sequence[Geometry3D | None],
+    header: Header,
+    track_lifetime_s: float,
 ) -> MarkerArray:
-    """Boxes and text labels for the instances that have 3D, in the label's colour, and the
-    number of instances.
+    """Boxes and text labels for the instances that have 3D, and the number of instances.
 
-    The first marker deletes the previous frame's markers.
+    The first marker deletes the previous frame's markers. An untracked instance gets a box
+    and its label in the label's colour (ids: its position). A track gets one box in its
+    colour and one text '#id name' (namespace masqclip/tracks, id: the track id) that expires
+    after ``track_lifetime_s``, so a track's marker goes once no new frame shows it; its
+    instance's class copies are the same mask, and are left out.
 
-    :param labels: one per instance.
+    :param instances: the frame's, best first.
     :param geometries: one per instance, None where no 3D.
     :param header: the input image's header (its frame is the optical frame).
+    :param track_lifetime_s: how long a track's text stays without a newer frame.
     :return: the ``MarkerArray``.
     """
     markers = [Marker(header=header, action=Marker.DELETEALL)]
-    for index, (label, geometry) in enumerate(zip(labels, geometries, strict=True)):
-        if geometry is None:
+    drawn_tracks: set[int] = set()
+    for index, (instance, geometry) in enumerate(zip(instances, geometries, strict=True)):
+        track_id = instance.track_id
+        if geometry is None or track_id in drawn_tracks:
             continue
-        red, green, blue = (channel / 255.0 for channel in label_color(label))
+        color = track_color(track_id) if track_id else label_color(instance.label)
+        red, green, blue = (channel / 255.0 for channel in color)
         centre = Point(x=float(geometry.centroid[0]), y=float(geometry.centroid[1]),
                        z=float(geometry.centroid[2]))  # fmt: skip
         box = Marker(header=header, ns='masqclip/boxes', id=index, type=Marker.CUBE)
@@ -240,15 +268,20 @@ def markers_to_msg(
             z=max(float(geometry.extent[2]), 0.01),
         )
         box.color.r, box.color.g, box.color.b, box.color.a = red, green, blue, 0.4
-        text = Marker(header=header, ns='masqclip/labels', id=index)
+        if track_id:
+            drawn_tracks.add(track_id)
+            text = Marker(header=header, ns='masqclip/tracks', id=track_id)
+            text.text = f'#{track_id} {instance.label}'
+            text.lifetime = Duration(**split_seconds(track_lifetime_s))
+        else:
+            text = Marker(header=header, ns='masqclip/labels', id=index, text=instance.label)
         text.type = Marker.TEXT_VIEW_FACING
         text.pose.position = Point(x=centre.x, y=centre.y - box.scale.y / 2.0 - 0.05, z=centre.z)
         text.pose.orientation.w = 1.0
         text.scale.z = 0.08
         text.color.r, text.color.g, text.color.b, text.color.a = red, green, blue, 1.0
-        text.text = label
         markers += [box, text]
-    markers.append(_count_marker(len(labels), header))
+    markers.append(_count_marker(len(instances), header))
     return MarkerArray(markers=markers)
 
 

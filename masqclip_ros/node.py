@@ -1,10 +1,11 @@
 """masqclip_node: live open-vocabulary segmentation and "find the red mug" as a lifecycle node.
 
 Declaration, lifecycle, callbacks and publishing. The rest lives in sibling modules: policy and
-thread-safe state (``runtime``), the frames kept for find (``history``) and a find's answer
-(``find``), the camera subscriptions and their QoS (``camera_subscription``, ``image_qos``), the
-thread lanes (``executor``), the parameters (``settings``), conversions, messages and 3D
-geometry; the model is a ``masqclip`` ``Predictor``. Start it without launch with
+thread-safe state (``runtime``), the track ids (``tracks``), the frames kept for find
+(``history``) and a find's answer (``find``), the camera subscriptions and their QoS
+(``camera_subscription``, ``image_qos``), the thread lanes (``executor``), the parameters
+(``settings``), conversions, messages and 3D geometry; the model is a ``masqclip``
+``Predictor``. Start it without launch with
 ``python -m masqclip_ros.node --ros-args --params-file config/segment.yaml``.
 """
 
@@ -93,6 +94,7 @@ from masqclip_ros.settings import (
     settings_from_values,
     with_live_values,
 )
+from masqclip_ros.tracks import FrameTracker, track_overlay
 
 try:  # the Detection2DArray mirror exists only where vision_msgs is installed
     import vision_msgs.msg as vision_msgs
@@ -133,6 +135,7 @@ class SegmentationNode(LifecycleNode):
         self._vocabulary_lock = threading.RLock()
         self._slot: LatestSlot[Frame] = LatestSlot()
         self._history = FrameHistory()
+        self._tracker: FrameTracker | None = None  # made at configure, fed by the worker
         self._rate_gate = RateGate()
         self._depth: collections.deque[Image] = collections.deque(maxlen=8)
         self._camera_info: CameraInfo | None = None
@@ -204,6 +207,10 @@ class SegmentationNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.settings = settings
         self._history.clear(settings.find_buffer_size)
+        if settings.tracking is not None:
+            self._tracker = FrameTracker(settings.tracking, settings.tracking_min_score)
+        if settings.tracking_problem:
+            self.get_logger().warning(settings.tracking_problem)
         self._outputs = {
             'instances': self.create_publisher(InstanceSegmentation, '~/instances', OUTPUT_QOS),
             'semantic': self.create_publisher(Image, '~/semantic', OUTPUT_QOS),
@@ -325,6 +332,7 @@ class SegmentationNode(LifecycleNode):
         self._outputs, self._timer_handles = {}, []
         self._history.clear()
         self._depth.clear()
+        self._tracker = None
 
     def stop(self) -> None:
         """Stop the inference thread (idempotent); the node is left for destruction."""
@@ -442,15 +450,21 @@ class SegmentationNode(LifecycleNode):
             predictor, version = self.predictor, self.vocabulary_version
             if predictor is None:
                 return
-            names = predictor.vocabulary.names
+            vocabulary = predictor.vocabulary
         started = time.perf_counter()
         result = predictor.predict(frame.pixels, frame.color, settings.tasks)
         predicted = time.perf_counter()
         predict_time = predicted - started
-        if result.vocabulary != names:  # a change landed before predict took its snapshot
+        if result.vocabulary != vocabulary.names:  # a change landed before predict's snapshot
             with self._vocabulary_lock:
-                version = self.vocabulary_version
+                version, vocabulary = self.vocabulary_version, predictor.vocabulary
         header = frame.header
+        tracks, tracker = None, self._tracker
+        if tracker is not None:
+            tracked = tracker.track(result, vocabulary.is_thing, header.stamp, version)
+            result, tracks = tracked.result, tracked.tracks
+            if tracked.reset is not None:
+                self.get_logger().info(tracked.reset)
         depth_m, intrinsics = self._depth_for(header) if settings.depth_enabled else (None, None)
         geometries: list[Geometry3D | None] | None = None
         if depth_m is not None and intrinsics is not None:
@@ -459,7 +473,7 @@ class SegmentationNode(LifecycleNode):
                 for inst in result.instances
             ]
         # Remembered first: a client that sees this frame's outputs can find on it at once.
-        self._history.remember(header, result, version, depth_m, intrinsics)
+        self._history.remember(header, result, version, depth_m, intrinsics, tracks)
         self._publish(frame, result, version, geometries)
         done = time.perf_counter()
         stamp = Time.from_msg(header.stamp)
@@ -491,11 +505,15 @@ class SegmentationNode(LifecycleNode):
         if wanted('detections'):
             out['detections'].publish(detections_to_msg(result, header, vision_msgs))
         if geometries is not None and wanted('markers'):
-            labels = [instance.label for instance in result.instances]
-            out['markers'].publish(markers_to_msg(labels, geometries, header))
+            markers = markers_to_msg(
+                result.instances, geometries, header, self.settings.marker_lifetime_s
+            )
+            out['markers'].publish(markers)
         if wanted('overlay'):
             rgb = frame.pixels if frame.color == 'rgb' else frame.pixels[:, :, ::-1]
-            drawing = draw_overlay(rgb, result, alpha=self.settings.overlay_alpha)
+            labels = track_overlay(result)
+            drawing = draw_overlay(rgb, result, self.settings.overlay_alpha, labels.show,
+                                   colors=labels.colors, texts=labels.texts)  # fmt: skip
             out['overlay'].publish(array_to_image_msg(drawing, 'rgb8', header))
 
     def _depth_for(self, header: Header) -> tuple[np.ndarray | None, Intrinsics | None]:
@@ -662,9 +680,16 @@ class SegmentationNode(LifecycleNode):
                     self.get_logger().warning(
                         silence_report(camera.topic, silent, camera.qos, camera.publishers())
                     )
+        tracker = self._tracker  # one read: cleanup may drop it meanwhile
+        tracking = (
+            {'tracks active': tracker.active_count, 'tracks lost': tracker.lost_count}
+            if tracker is not None
+            else {'tracking': 'off'}
+        )
         values = {
             **window,
             **self.stats.totals(),
+            **tracking,
             'model': settings.model_name,
             'backend': settings.backend,
             'device': settings.device,

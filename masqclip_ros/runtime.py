@@ -56,11 +56,17 @@ def stamp_text(stamp: Time) -> str:
     return f'{stamp.sec}.{stamp.nanosec:09d}'
 
 
+def stamp_seconds(stamp: Time) -> float:
+    """A stamp in seconds (as the tracker takes frame times)."""
+    return stamp.sec + stamp.nanosec / NANOSECONDS_PER_SECOND
+
+
 def find_request_problem(request: FindObjects.Request) -> str | None:
     """Why a find request cannot be served, or None.
 
     Every number is checked against its range, NaN and infinity included (a NaN timeout once
-    made the wait spin forever), and every text must be a usable query.
+    made the wait spin forever), and every text must be a usable query, unless the request
+    asks for a track (its texts are then ignored).
     """
     frames = (FindObjects.Request.LATEST, FindObjects.Request.NEXT, FindObjects.Request.STAMP)
     if request.frame not in frames:
@@ -73,6 +79,8 @@ def find_request_problem(request: FindObjects.Request) -> str | None:
         return 'max_results must be at least 1'
     if request.frame == FindObjects.Request.STAMP and stamp_problem(request.stamp):
         return f'the requested {stamp_problem(request.stamp)}'
+    if request.track_id:  # the query is ignored
+        return None
     try:
         validate_query(request.query)
         for number, text in enumerate(request.negative_queries, 1):

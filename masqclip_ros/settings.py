@@ -14,6 +14,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 
 from masqclip import factory
 from masqclip.inference.predictor import TASKS, validate_tasks
+from masqclip.inference.tracking import TrackerCfg
 from masqclip.modeling.precision import PRECISIONS
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
@@ -131,6 +132,45 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         'overlay.alpha', 0.5, "Opacity of the overlay's colour fill.", (0.0, 1.0), live=True
     ),  # fmt: skip
+    ParameterSpec('tracking.enabled', True, 'Give instances track ids that last across frames.'),
+    ParameterSpec(
+        'tracking.min_score', 0.3, 'Instances scoring lower are not tracked.', (0.0, 1.0)
+    ),
+    ParameterSpec(
+        'tracking.iou_weight',
+        0.5,
+        'Weight of 1 - mask IoU (against the motion prediction) in following a track.',
+        (0.0, 1.0),
+    ),
+    ParameterSpec(
+        'tracking.embedding_weight',
+        0.5,
+        'Weight of 1 - embedding cosine in following a track.',
+        (0.0, 1.0),
+    ),
+    ParameterSpec(
+        'tracking.lost_track_s',
+        10.0,
+        'How long a track out of view is kept for re-identification.',
+        (0.0, 3600.0),
+    ),
+    ParameterSpec(
+        'tracking.reid_min_similarity',
+        0.6,
+        'Lowest embedding cosine at which a lost track is re-identified.',
+        (-1.0, 1.0),
+    ),
+    ParameterSpec(
+        'tracking.reid_same_class',
+        False,
+        'Re-identify a lost track only as its own class (for models whose labels are stable).',
+    ),
+    ParameterSpec(
+        'tracking.marker_lifetime_s',
+        1.0,
+        "How long a track's RViz marker outlives its last frame.",
+        (0.01, 3600.0),
+    ),
     ParameterSpec(
         'diagnostics.period_s', 1.0, 'Period of /diagnostics and rate windows.', (0.05, 60.0)
     ),
@@ -174,11 +214,22 @@ class Settings:
     find_buffer_size: int
     overlay_alpha: float
     diagnostics_period_s: float
+    tracking: TrackerCfg | None
+    """None when tracking is off."""
+    tracking_min_score: float
+    marker_lifetime_s: float
 
     @property
     def model_name(self) -> str:
         """The model as logs and diagnostics name it (``masqclip.factory.model_name``)."""
         return factory.model_name(self.model_config or None, self.checkpoint)
+
+    @property
+    def tracking_problem(self) -> str | None:
+        """Why tracking is on but tracks nothing (tracks follow instances); None otherwise."""
+        if self.tracking is not None and 'instance' not in self.tasks:
+            return 'tracking.enabled is true but tasks has no instance: nothing is tracked'
+        return None
 
     def predictor_options(self) -> dict[str, object]:
         """Keyword arguments of ``masqclip.factory.create_predictor``.
@@ -296,7 +347,31 @@ def settings_from_values(values: Mapping[str, object]) -> Settings:
         depth_min_points=int(values['depth.min_points']),
         find_buffer_size=int(values['find.buffer_size']),
         diagnostics_period_s=float(values['diagnostics.period_s']),
+        tracking=_tracker_cfg(values),
+        tracking_min_score=float(values['tracking.min_score']),
+        marker_lifetime_s=float(values['tracking.marker_lifetime_s']),
         **live,
+    )
+
+
+def _tracker_cfg(values: Mapping[str, object]) -> TrackerCfg | None:
+    """The tracker's settings from the (checked) tracking parameters; None when it is off."""
+    if not values['tracking.enabled']:
+        return None
+    iou_weight, embedding_weight = (
+        float(values[f'tracking.{name}']) for name in ('iou_weight', 'embedding_weight')
+    )
+    if iou_weight + embedding_weight == 0:
+        raise SettingsError(
+            'parameters tracking.iou_weight and tracking.embedding_weight are both 0: every '
+            'detection would follow any track'
+        )
+    return TrackerCfg(
+        iou_weight=iou_weight,
+        embedding_weight=embedding_weight,
+        lost_track_seconds=float(values['tracking.lost_track_s']),
+        reid_min_similarity=float(values['tracking.reid_min_similarity']),
+        reid_same_class=bool(values['tracking.reid_same_class']),
     )
 
 

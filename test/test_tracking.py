@@ -16,7 +16,7 @@ from masqclip.evaluation import tracking as evaluation
 from masqclip.factory import build_model
 from masqclip.inference import tracking
 from masqclip.inference.predictor import Predictor
-from masqclip.inference.results import Instance
+from masqclip.inference.results import Instance, PanopticSegment, SegmentationResult
 from masqclip.inference.tracking import Tracker, TrackerCfg
 from masqclip.tools import eval_tracks
 
@@ -154,6 +154,11 @@ def test_ids_are_never_reused() -> None:
                 assert track_id == newest + 1  # a new one is always the next number
                 newest = track_id
     assert newest > 8  # tracks were dropped and their objects came back under new ids
+    assert tracker.next_id == newest + 1
+    successor = Tracker(first_id=tracker.next_id)  # after a time jump, ids go on
+    assert successor.update([blob(0, 0, A)], 0.0) == [newest + 1]
+    with pytest.raises(ValueError, match='first_id'):
+        Tracker(first_id=0)
 
 
 def test_tracks_report_their_majority_class_and_state() -> None:
@@ -281,3 +286,33 @@ def test_eval_tracks_command_prints_the_table(capsys: pytest.CaptureFixture) -> 
     assert 'tracker with 100 instances a frame' in lines[4]
     with pytest.raises(CommandError, match='synth OUT --sequence'):
         eval_tracks.run(parser.parse_args([str(EXAMPLE / 'images')]))
+
+
+def test_track_result_puts_the_ids_on_every_class_copy_and_on_thing_segments() -> None:
+    def instance(score: float, class_id: int, query: int, x: int) -> Instance:
+        mask = np.zeros((60, 200), bool)
+        mask[10:50, x : x + 40] = True
+        return Instance.from_mask('', class_id, score, 1.0, mask, unit(8, query), query)
+
+    def frame(x: int) -> SegmentationResult:
+        segments = [PanopticSegment(1, 0, 'mug', True, 0.9, 1600, query_index=7),
+                    PanopticSegment(2, 2, 'wall', False, 0.8, 5000),
+                    PanopticSegment(3, 1, 'cup', True, 0.2, 1600, query_index=3)]  # fmt: skip
+        instances = [instance(0.9, 0, 7, x), instance(0.6, 1, 7, x), instance(0.2, 1, 3, 120)]
+        return SegmentationResult((60, 200), ('mug', 'cup', 'wall'), instances, segments=segments)
+
+    tracker = Tracker()
+    first = tracking.track_result(tracker, frame(10), (True, True, False), 1.0, min_score=0.3)
+    later = tracking.track_result(tracker, frame(14), (True, True, False), 1.1, min_score=0.3)
+    for result in (first, later):
+        # Both copies of proposal 7; proposal 3 scores under min_score, and stuff is untracked.
+        assert [(i.track_id, i.first_seen_s) for i in result.instances] == [
+            (1, 1.0), (1, 1.0), (0, None)
+        ]  # fmt: skip
+        assert [(s.track_id, s.first_seen_s) for s in result.segments] == [
+            (1, 1.0), (0, None), (0, None)
+        ]  # fmt: skip
+    assert tracker.active_count == 1
+    assert frame(10).instances[0].track_id == 0  # the input is left as it was
+    with pytest.raises(ValueError, match='before the previous frame'):
+        tracking.track_result(tracker, frame(14), (True, True, False), 0.5)

@@ -160,10 +160,10 @@ def _input_logits(masks: np.ndarray, spec: ResizeSpec) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class TrackingScores:
-    """One tracking run over a sequence.
+class TrackScores:
+    """Tracks scored against a sequence's ground truth.
 
-    :param frames: frames tracked; ``objects``: annotated objects over them.
+    :param frames: frames scored; ``objects``: annotated objects over them.
     :param idf1: identity F1 (motmetrics).
     :param mota: multiple-object tracking accuracy.
     :param id_switches: motmetrics' ``num_switches``.
@@ -172,9 +172,6 @@ class TrackingScores:
     :param reentries: times an annotated track shows again after frames without it.
     :param reidentified: re-entries whose first matched hypothesis carries the id last
         matched to that track before it went.
-    :param tracker_ms: mean ``Tracker.update`` time per frame.
-    :param detect_ms: mean time per frame to get the detections (prediction, or embedding the
-        ground-truth masks).
     """
 
     frames: int
@@ -186,12 +183,75 @@ class TrackingScores:
     precision: float
     reentries: int
     reidentified: int
-    tracker_ms: float
-    detect_ms: float
 
     @property
     def reid_rate(self) -> float:
         return self.reidentified / self.reentries if self.reentries else float('nan')
+
+
+@dataclass(frozen=True)
+class TrackingScores(TrackScores):
+    """One tracking run over a sequence: its scores and costs.
+
+    :param tracker_ms: mean ``Tracker.update`` time per frame.
+    :param detect_ms: mean time per frame to get the detections (prediction, or embedding the
+        ground-truth masks).
+    """
+
+    tracker_ms: float
+    detect_ms: float
+
+
+class TrackScorer:
+    """Scores the track ids given to each frame's detections, frame by frame in time order
+    (the frames scored may skip some of the sequence's, as a node dropping frames does).
+
+    :raises RuntimeError: where motmetrics is not installed.
+    """
+
+    def __init__(self) -> None:
+        # Imported here: the masqclip command imports every subcommand's module to build its
+        # parser, and motmetrics (with pandas) takes a second to import.
+        try:
+            import motmetrics as mm
+        except ImportError as error:
+            raise RuntimeError(
+                'tracking metrics need motmetrics (scripts/requirements.txt): '
+                'pip install motmetrics'
+            ) from error
+        self._mm = mm
+        self._accumulator = mm.MOTAccumulator(auto_id=False)
+        self._frames: list[TruthFrame] = []
+
+    def add(self, frame: TruthFrame, track_ids: Sequence[int], masks: np.ndarray) -> None:
+        """One frame's hypotheses: their track ids and bool (N, H, W) masks in the same order
+        (any empty array for none)."""
+        truth = frame.masks()
+        iou = _mask_iou(truth, masks.reshape(len(track_ids), *truth.shape[1:]))
+        self._accumulator.update(
+            [o.track_id for o in frame.objects],
+            list(track_ids),
+            np.where(iou >= MIN_IOU, 1 - iou, np.nan),
+            frameid=frame.frame_id,
+        )
+        self._frames.append(frame)
+
+    def scores(self) -> TrackScores:
+        """The scores of the frames added so far."""
+        metrics = ['idf1', 'mota', 'num_switches', 'recall', 'precision']
+        summary = self._mm.metrics.create().compute(self._accumulator, metrics=metrics).iloc[0]
+        reentries, reidentified = _reidentifications(self._frames, self._accumulator)
+        return TrackScores(
+            len(self._frames),
+            sum(len(f.objects) for f in self._frames),
+            float(summary['idf1']),
+            float(summary['mota']),
+            int(summary['num_switches']),
+            float(summary['recall']),
+            float(summary['precision']),
+            reentries,
+            reidentified,
+        )
 
 
 def evaluate_tracking(
@@ -204,17 +264,9 @@ def evaluate_tracking(
 
     :raises RuntimeError: where motmetrics is not installed.
     """
-    # Imported here: motmetrics (and pandas) is a test requirement, and the masqclip command
-    # imports every subcommand's module to build its parser.
-    try:
-        import motmetrics as mm
-    except ImportError as error:
-        raise RuntimeError(
-            'tracking metrics need motmetrics (scripts/requirements.txt): pip install motmetrics'
-        ) from error
     frames = sequence.frames[:max_frames]
     tracker = Tracker(cfg)
-    accumulator = mm.MOTAccumulator(auto_id=False)
+    scorer = TrackScorer()
     detect_s = tracker_s = 0.0
     for frame in frames:
         image = read_image(frame.image_path)
@@ -224,32 +276,11 @@ def evaluate_tracking(
         ids = tracker.update(detections, frame.stamp_s)
         detect_s += middle - start
         tracker_s += time.perf_counter() - middle
-        hypotheses = np.array([d.mask for d in detections], bool).reshape(-1, *image.shape[:2])
-        iou = _mask_iou(frame.masks(), hypotheses)
-        accumulator.update(
-            [o.track_id for o in frame.objects],
-            ids,
-            np.where(iou >= MIN_IOU, 1 - iou, np.nan),
-            frameid=frame.frame_id,
-        )
-    summary = (
-        mm.metrics.create()
-        .compute(accumulator, metrics=['idf1', 'mota', 'num_switches', 'recall', 'precision'])
-        .iloc[0]
-    )
-    reentries, reidentified = _reidentifications(frames, accumulator)
+        scorer.add(frame, ids, np.array([d.mask for d in detections], bool))
     return TrackingScores(
-        len(frames),
-        sum(len(f.objects) for f in frames),
-        float(summary['idf1']),
-        float(summary['mota']),
-        int(summary['num_switches']),
-        float(summary['recall']),
-        float(summary['precision']),
-        reentries,
-        reidentified,
-        1000 * tracker_s / max(len(frames), 1),
-        1000 * detect_s / max(len(frames), 1),
+        **vars(scorer.scores()),
+        tracker_ms=1000 * tracker_s / max(len(frames), 1),
+        detect_ms=1000 * detect_s / max(len(frames), 1),
     )
 
 

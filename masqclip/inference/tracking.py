@@ -14,18 +14,21 @@ Masks stay as the crops inside their boxes (what ``Instance`` carries): a pair's
 counted only inside the two boxes' intersection, and only for the pairs whose boxes intersect
 and that pass the gates at the largest IoU their boxes and areas allow. Track state lives in
 arrays, one row per track, so a frame of 100 instances costs about a millisecond.
+
+``track_result`` tracks a ``predict`` result and returns it with the track ids on its
+instances and thing segments.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from masqclip.inference.results import Instance
+from masqclip.inference.results import Instance, PanopticSegment, SegmentationResult
 
 # An entry linear_sum_assignment can never prefer to a real one; gated pairs get it.
 _FORBIDDEN = 1e6
@@ -271,13 +274,24 @@ class _TrackTable:
 
 class Tracker:
     """Gives each detection of a frame a track id; call ``update`` once per frame, in time
-    order."""
+    order.
 
-    def __init__(self, cfg: TrackerCfg | None = None) -> None:
+    :param first_id: the first track's id: a tracker that replaces another (after a time jump)
+        can go on from the other's ``next_id``, so that no id ever names two objects.
+    """
+
+    def __init__(self, cfg: TrackerCfg | None = None, first_id: int = 1) -> None:
+        if first_id < 1:
+            raise ValueError('first_id must be >= 1 (0 means untracked)')
         self.cfg = cfg or TrackerCfg()
         self._table = _TrackTable(self.cfg.gallery_size)
-        self._next_id = 1
+        self._next_id = first_id
         self._last_stamp_s = -np.inf
+
+    @property
+    def next_id(self) -> int:
+        """The id the next new track gets."""
+        return self._next_id
 
     @property
     def tracks(self) -> tuple[Track, ...]:
@@ -402,6 +416,45 @@ def trackable_instances(
             seen.add(instance.query_index)
             chosen.append(instance)
     return chosen
+
+
+def track_result(
+    tracker: Tracker,
+    result: SegmentationResult,
+    is_thing: Sequence[bool],
+    stamp_s: float,
+    min_score: float = 0.0,
+) -> SegmentationResult:
+    """Track one frame of ``predict`` output: its ``trackable_instances`` go to ``tracker``,
+    and the result comes back with ``track_id`` and ``first_seen_s`` on every instance of a
+    tracked proposal (each class copy of it: they share its ``query_index``) and on the thing
+    segments made from one. Instances and segments of proposals not tracked keep 0 and None.
+
+    :param is_thing: by class id of the result's vocabulary (``Vocabulary.is_thing``).
+    :param stamp_s: the frame's time, not before the previous frame's.
+    :param min_score: instances scoring lower are not tracked.
+    :raises ValueError: for a stamp earlier than the previous frame's.
+    """
+    things = trackable_instances(result.instances, is_thing, min_score)
+    ids = tracker.update(things, stamp_s)
+    first_seen = {track.track_id: track.first_seen_s for track in tracker.tracks}
+    track_of = {
+        thing.query_index: (track_id, first_seen[track_id])
+        for thing, track_id in zip(things, ids, strict=True)
+    }
+
+    def tracked(item: Instance | PanopticSegment) -> Instance | PanopticSegment:
+        if item.query_index not in track_of:
+            return item
+        track_id, first_seen_s = track_of[item.query_index]
+        return replace(item, track_id=track_id, first_seen_s=first_seen_s)
+
+    # A stuff segment's query_index is -1, no proposal's: it stays untracked.
+    return replace(
+        result,
+        instances=[tracked(instance) for instance in result.instances],
+        segments=[tracked(segment) for segment in result.segments],
+    )
 
 
 def _assign(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,11 +1,13 @@
 """masqclip_ros_demo end to end on the first frames of examples/sequence (a node process, the
-replay at the sequence's rate, three finds), its files read back; and how it picks the finds.
+replay at the sequence's rate, three finds), its files read back; how it picks the finds and
+scores the node's track ids.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,9 +18,16 @@ pytest.importorskip(
     'masqclip_ros.msg', reason='masqclip_ros interfaces not built (scripts/setup_ros.sh)'
 )
 
+from masqclip_ros.msg import InstanceSegmentation  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
 from masqclip.animation import CAPTION_HEIGHT  # noqa: E402
+from masqclip.evaluation import tracking as evaluation  # noqa: E402
+from masqclip.inference.results import Instance, SegmentationResult  # noqa: E402
 from masqclip_ros import demo  # noqa: E402
 from masqclip_ros.demo_find import FindQuery, choose_queries  # noqa: E402
+from masqclip_ros.demo_tracks import track_figures, tracked_masks  # noqa: E402
+from masqclip_ros.messages import instances_to_msg  # noqa: E402
 from masqclip_ros.recorded_sequence import GroundTruthObject  # noqa: E402
 
 FRAMES = 20
@@ -113,6 +122,49 @@ def test_find_answers_three_queries_on_the_last_segmented_frame(summary, found):
     assert present['status'] == 'FOUND'
     x, y, z = present['matches'][0]['position']
     assert all(math.isfinite(v) for v in (x, y, z)) and z > 0
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_summary_counts_the_tracks_and_scores_them_against_the_ground_truth(summary) -> None:
+    tracks = summary['tracks']
+    assert tracks['frames_scored'] == summary['frames_segmented']
+    assert tracks['seen'] >= 1
+    # The first 20 frames show 4-6 objects; the demo model finds about half (recall 0.54 on
+    # the whole sequence, docs/tracking.md) and keeps most of their ids.
+    assert 0.2 <= tracks['idf1'] <= 1.0 and 0 < tracks['recall'] <= 1.0
+    assert tracks['reidentified'][0] <= tracks['reidentified'][1]
+
+
+def instances_msg(frame, track_ids: list[int]) -> InstanceSegmentation:
+    """The node's message for a frame whose instances are its annotated masks, tracked as
+    ``track_ids`` (with a class copy of the first: the same mask and id)."""
+    masks = frame.masks()
+    instances = [
+        replace(Instance.from_mask('mug', 0, 0.9, 0.9, mask, np.ones(2), 0), track_id=track_id)
+        for mask, track_id in zip(masks, track_ids, strict=True)
+    ]
+    instances.insert(1, replace(instances[0], class_id=1, score=0.1))
+    header = Header()
+    return instances_to_msg(SegmentationResult(masks.shape[1:], ('mug',), instances), header, 1)
+
+
+def test_the_nodes_track_ids_are_scored_over_the_frames_it_segmented() -> None:
+    truth = evaluation.load_sequence(demo.share_directory() / 'examples' / 'sequence')
+    frames = truth.frames[:4]
+    perfect = [(f.frame_id, instances_msg(f, [o.track_id for o in f.objects])) for f in frames]
+    figures = track_figures(truth, perfect[::2])  # frames 1 and 3: the node dropped 2 and 4
+    assert figures == {'seen': 5, 'frames_scored': 2, 'idf1': 1.0, 'mota': 1.0, 'id_switches': 0,
+                       'reidentified': [0, 0], 'recall': 1.0, 'precision': 1.0}  # fmt: skip
+    ids, masks = tracked_masks(perfect[0][1])
+    assert ids == [o.track_id for o in frames[0].objects]  # the class copy once
+    np.testing.assert_array_equal(masks, frames[0].masks())
+    swapped = [o.track_id for o in frames[1].objects]
+    swapped[:2] = swapped[1::-1]
+    figures = track_figures(
+        truth, [perfect[0], (frames[1].frame_id, instances_msg(frames[1], swapped))]
+    )
+    assert figures['id_switches'] == 2 and figures['idf1'] < 1.0
 
 
 def objects(*labels: str) -> list[GroundTruthObject]:

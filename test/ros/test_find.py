@@ -1,5 +1,7 @@
 """A find's answer on a remembered frame (masqclip_ros.find) without a node: the status and
-message, the matches as instances, 3D only where asked for and available, unknown words."""
+message, the matches as instances with their tracks, 3D only where asked for and available,
+unknown words; a find by track id on frames remembered with their tracks: found, lost,
+unknown."""
 
 import numpy as np
 import pytest
@@ -9,14 +11,17 @@ pytest.importorskip(
     'masqclip_ros.srv', reason='masqclip_ros interfaces not built (scripts/setup_ros.sh)'
 )
 
+from builtin_interfaces.msg import Time  # noqa: E402
 from masqclip_ros.srv import FindObjects  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from masqclip.inference.results import Instance, SegmentationResult  # noqa: E402
+from masqclip.inference.tracking import TrackerCfg  # noqa: E402
 from masqclip.inference.vocabulary import VocabularyError  # noqa: E402
 from masqclip_ros.find import answer_on_frame  # noqa: E402
 from masqclip_ros.geometry import intrinsics_from_k  # noqa: E402
-from masqclip_ros.history import FrameRecord  # noqa: E402
+from masqclip_ros.history import FrameHistory, FrameRecord  # noqa: E402
+from masqclip_ros.tracks import FrameTracker  # noqa: E402
 
 H, W = 8, 10
 FOUND, NOT_FOUND, ERROR = (FindObjects.Response.FOUND, FindObjects.Response.NOT_FOUND,
@@ -106,3 +111,78 @@ def test_a_query_the_predictor_cannot_score_is_an_error() -> None:
         ERROR, "cannot score query 'red mug': query is empty"
     )  # fmt: skip
     assert unknown is None and not response.matches
+
+
+def tracked_history() -> tuple[FrameHistory, list]:
+    """Three frames remembered: track 1 in view in all, track 2 only in the first."""
+    tracking = FrameTracker(TrackerCfg(), min_score=0.3)
+    history = FrameHistory(capacity=4)
+
+    def instance(x: int, query: int) -> Instance:
+        mask = np.zeros((H, W), bool)
+        mask[2:6, x : x + 3] = True
+        look = np.eye(4, dtype=np.float32)[query]
+        return Instance.from_mask('mug', 0, 0.9, 0.9, mask, look, query)
+
+    frames = [[instance(1, 0), instance(6, 1)], [instance(2, 0)], [instance(3, 0)]]
+    records = []
+    for sec, instances in enumerate(frames, 40):
+        result = SegmentationResult((H, W), ('mug',), instances)
+        tracked = tracking.track(result, (True,), Time(sec=sec), 1)
+        header = Header(frame_id='camera_optical', stamp=Time(sec=sec))
+        records.append(history.remember(header, tracked.result, 1, None, None, tracked.tracks))
+    return history, records
+
+
+def track_find(history: FrameHistory, sec: int, track_id: int):
+    request = FindObjects.Request(track_id=track_id, frame=FindObjects.Request.STAMP)
+    request.stamp.sec = sec
+    record = history.find(request, '/camera/image')
+    response = FindObjects.Response()
+    predictor = FakePredictor(error=AssertionError('a track find scores no query'))
+    assert answer_on_frame(request, response, predictor, record, depth_min_points=5) is None
+    return response
+
+
+def test_a_track_is_found_on_a_remembered_frame_with_the_ids_it_had() -> None:
+    history, _ = tracked_history()
+    oldest = track_find(history, 40, 2)
+    assert (oldest.status, oldest.message) == (FOUND, "track 2 is in view as 'mug'")
+    assert oldest.header.stamp.sec == 40
+    [match] = oldest.matches
+    assert (match.track_id, match.label, match.class_id, match.proposal_index) == (2, 'mug', 0, 1)
+    assert (match.first_seen.sec, match.first_seen.nanosec) == (40, 0)
+    assert (match.roi.x_offset, match.mask.width) == (6, 3)
+    latest = track_find(history, 42, 1)
+    assert latest.status == FOUND and latest.matches[0].roi.x_offset == 3
+
+
+def test_a_track_not_in_view_is_lost_or_unknown_on_that_frame() -> None:
+    history, _ = tracked_history()
+    lost = track_find(history, 42, 2)
+    assert (lost.status, lost.message) == (NOT_FOUND, (
+        'track 2 is lost on this frame: out of view since 2.00 s before it, kept for '
+        're-identification'
+    ))  # fmt: skip
+    unknown = track_find(history, 40, 3)
+    assert unknown.status == NOT_FOUND and not unknown.matches
+    assert unknown.message.startswith('track 3 is unknown on this frame')
+
+
+def test_a_track_find_on_an_untracked_frame_is_an_error() -> None:
+    response = FindObjects.Response()
+    request = FindObjects.Request(track_id=1)
+    answer_on_frame(request, response, FakePredictor(), record(False), depth_min_points=5)
+    assert (response.status, response.message) == (
+        ERROR, 'this frame was not tracked (tracking.enabled is false)'
+    )  # fmt: skip
+
+
+def test_query_matches_carry_the_track_of_their_proposal_on_that_frame() -> None:
+    _, records = tracked_history()
+    oldest = records[0]
+    matches = [oldest.tracks.in_view[2], match(0.5)]  # proposal 1 (track 2); proposal 3: none
+    response = FindObjects.Response()
+    request = FindObjects.Request(query='red mug')
+    answer_on_frame(request, response, FakePredictor(matches), oldest, depth_min_points=5)
+    assert [(m.track_id, m.class_id) for m in response.matches] == [(2, -1), (0, -1)]

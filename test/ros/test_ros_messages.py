@@ -1,5 +1,7 @@
 """Message builders and depth geometry on hand-made results (no node, no DDS)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -29,6 +31,7 @@ from masqclip_ros.geometry import (  # noqa: E402
     intrinsics_from_k,
     mask_geometry,
 )
+from masqclip_ros.tracks import track_color  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -84,6 +87,28 @@ def test_instances_keep_header_roi_and_mask_crop() -> None:
     assert inst.area == result.instances[0].mask.sum() and not inst.has_3d
     bare = messages.instances_to_msg(result, header(), 3, with_masks=False).instances[0]
     assert bare.mask.width == 0 and bare.roi.width == 5
+
+
+def test_instances_and_thing_segments_carry_their_track() -> None:
+    result = make_result()
+    first_seen_s = 1_700_000_000.25
+    tracked = replace(result.instances[0], track_id=17, first_seen_s=first_seen_s)
+    result.instances = [tracked, result.instances[0]]
+    result.segments[1] = replace(result.segments[1], track_id=17, first_seen_s=first_seen_s)
+    instances = messages.instances_to_msg(result, header(), 3).instances
+    assert [(i.track_id, i.first_seen.sec, i.first_seen.nanosec) for i in instances] == [
+        (17, 1_700_000_000, 250_000_000), (0, 0, 0)
+    ]  # fmt: skip
+    segments = messages.panoptic_to_msg(result, header(), 3).segments
+    assert [s.track_id for s in segments] == [0, 17]
+
+
+def test_seconds_split_into_the_nearest_nanosecond() -> None:
+    assert messages.split_seconds(2.5) == {'sec': 2, 'nanosec': 500_000_000}
+    assert messages.split_seconds(3.9999999999) == {'sec': 4, 'nanosec': 0}
+    # A stamp of today's epoch as a float is within 120 ns of the stamp.
+    split = messages.split_seconds(1_700_000_000 + 123_456_789e-9)
+    assert split['sec'] == 1_700_000_000 and abs(split['nanosec'] - 123_456_789) < 120
 
 
 def test_box_to_roi_clips_and_handles_empty_boxes() -> None:
@@ -194,16 +219,31 @@ def test_uncalibrated_camera_info_is_rejected() -> None:
 
 def test_markers_for_instances_with_3d() -> None:
     depth = np.full((H, W), 2.0, np.float32)
-    result = make_result()
-    geometry = mask_geometry(result.instances[0].mask, depth, CAMERA, min_points=10)
-    msg = messages.markers_to_msg(['mug', 'table'], [geometry, None], header())
+    mug = make_instance('mug', 0, (2, 3, 7, 9))
+    table = make_instance('table', 1, (8, 1, 12, 4))
+    geometry = mask_geometry(mug.mask, depth, CAMERA, min_points=10)
+    msg = messages.markers_to_msg([mug, table], [geometry, None], header(), 1.0)
     assert [m.action for m in msg.markers] == [Marker.DELETEALL] + [Marker.ADD] * 3
     box, text, count = msg.markers[1:]
     assert count.ns == 'masqclip/summary' and count.text == '2 instances'
-    assert messages.markers_to_msg(['mug'], [None], header()).markers[-1].text == '1 instance'
+    assert messages.markers_to_msg([mug], [None], header(), 1.0).markers[-1].text == '1 instance'
     assert box.type == Marker.CUBE and text.text == 'mug' and box.header == header()
+    assert (text.ns, text.id) == ('masqclip/labels', 0)
+    assert text.lifetime.sec == text.lifetime.nanosec == 0  # replaced with the next frame
     assert box.pose.position.z == pytest.approx(2.0)
     assert round(box.color.r * 255) == label_color('mug')[0]
+
+
+def test_one_marker_per_track_that_expires_on_its_own() -> None:
+    depth = np.full((H, W), 2.0, np.float32)
+    mug = replace(make_instance('mug', 0, (2, 3, 7, 9)), track_id=7)
+    copy = replace(mug, label='table', class_id=1, score=0.5)  # the same proposal, another class
+    geometry = mask_geometry(mug.mask, depth, CAMERA, min_points=10)
+    msg = messages.markers_to_msg([mug, copy], [geometry, geometry], header(), 1.5)
+    box, text, count = msg.markers[1:]
+    assert (text.ns, text.id, text.text) == ('masqclip/tracks', 7, '#7 mug')
+    assert (text.lifetime.sec, text.lifetime.nanosec) == (1, 500_000_000)
+    assert round(box.color.g * 255) == track_color(7)[1] and count.text == '2 instances'
 
 
 def test_diagnostics_formats_values() -> None:

@@ -101,7 +101,9 @@ class Rig(CameraRig):
 
 @pytest.fixture(scope='module')
 def rig(tmp_path_factory):
-    overrides = {**RGBD_NODE, 'input.warn_after_s': '1.0', 'diagnostics.period_s': '0.5'}
+    # Every instance tracked: test_tiny's random weights score about 0.3.
+    overrides = {**RGBD_NODE, 'input.warn_after_s': '1.0', 'diagnostics.period_s': '0.5',
+                 'tracking.min_score': '0.0'}  # fmt: skip
     process = NodeProcess(tmp_path_factory.mktemp('node') / 'node.log', overrides)
     with serving(process, '/') as (_, client):
         rig = Rig(process, client)
@@ -279,6 +281,52 @@ def test_find_present_absent_negated_and_frames(rig: Rig) -> None:
     ):
         refused = rig.client.call(rig.find, FindObjects.Request(**bad))
         assert refused.status == FindObjects.Response.ERROR and refused.message
+
+
+def moving_square(sec: int) -> Image:
+    """The test scene with a red square that moves 2 pixels to the right a second."""
+    pixels = scene()
+    x = 10 + 2 * (sec % 10)
+    pixels[15:31, x : x + 16] = (200, 30, 30)
+    return array_to_image_msg(pixels, 'rgb8', stamped(sec))
+
+
+def test_track_ids_last_across_frames_and_find_takes_a_track_id(rig: Rig) -> None:
+    sent = []
+    for _ in range(4):  # each frame segmented before the next goes: none is dropped
+        rig.sec += 1
+        rig.image_pub.publish(moving_square(rig.sec))
+        rig.wait_for('instances', lambda m, sec=rig.sec: m.header.stamp.sec == sec, resend=False)
+        sent.append(rig.sec)
+    frames = [next(m for m in rig.got['instances'] if m.header.stamp.sec == s) for s in sent]
+    tracked = [{i.track_id: i for i in m.instances if i.track_id} for m in frames]
+    assert all(tracked), 'test_tiny proposes masks on any image, and all are tracked'
+    for before, after in zip(tracked, tracked[1:], strict=False):
+        kept = before.keys() & after.keys()
+        assert kept, 'consecutive frames share tracks'
+        for track_id in kept:
+            assert after[track_id].first_seen == before[track_id].first_seen
+    track_id = min(tracked[1])
+    panoptic = rig.wait_for('panoptic', lambda m: m.header.stamp.sec == sent[-1], resend=False)
+    assert {s.track_id for s in panoptic.segments if s.track_id} <= tracked[-1].keys()
+
+    at_second = dict(frame=FindObjects.Request.STAMP, stamp=stamped(sent[1]).stamp)
+    found = find(rig, '', track_id=track_id, **at_second)
+    assert found.status == FindObjects.Response.FOUND, found.message
+    [match] = found.matches
+    assert (match.track_id, match.label) == (track_id, tracked[1][track_id].label)
+    assert match.roi == tracked[1][track_id].roi and match.mask.width == match.roi.width
+    unknown = find(rig, '', track_id=10**6, **at_second)
+    assert unknown.status == FindObjects.Response.NOT_FOUND and not unknown.matches
+    assert unknown.message.startswith('track 1000000 is unknown on this frame')
+    by_query = find(rig, 'red mug', min_score=0.0, max_results=100, **at_second)
+    assert {m.track_id for m in by_query.matches} & tracked[1].keys()
+
+    def tracks_shown(msg: DiagnosticArray) -> bool:
+        values = {kv.key: kv.value for kv in msg.status[0].values}
+        return int(values.get('tracks active', 0)) > 0 and 'tracks lost' in values
+
+    rig.wait_for('diagnostics', tracks_shown, resend=False)
 
 
 def test_silence_warning_names_topic_and_qos(rig: Rig) -> None:

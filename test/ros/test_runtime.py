@@ -71,6 +71,18 @@ def test_find_requests_out_of_range_are_refused_naming_the_field(fields, message
     assert problem is not None and problem.startswith(message), problem
 
 
+def test_a_track_find_needs_no_query_but_its_numbers_are_still_checked() -> None:
+    assert runtime.find_request_problem(FindObjects.Request(track_id=17)) is None
+    ignored = FindObjects.Request(track_id=17, query=' ', negative_queries=[''])
+    assert runtime.find_request_problem(ignored) is None
+    slow = FindObjects.Request(track_id=17, timeout_s=math.inf)
+    assert runtime.find_request_problem(slow).startswith('timeout_s inf')
+
+
+def test_stamps_in_seconds() -> None:
+    assert runtime.stamp_seconds(Time(sec=3, nanosec=250_000_000)) == 3.25
+
+
 def test_a_nan_timeout_is_refused_for_every_frame_kind() -> None:
     # The float is checked even where the frame kind does not read it: one rule, no surprise.
     for frame in (FindObjects.Request.LATEST, FindObjects.Request.STAMP):

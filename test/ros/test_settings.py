@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip('rcl_interfaces')
 
 from masqclip.inference.predictor import TASKS  # noqa: E402
+from masqclip.inference.tracking import TrackerCfg  # noqa: E402
 from masqclip_ros.settings import (  # noqa: E402
     PARAMETERS,
     SPECS,
@@ -98,6 +99,39 @@ def test_settings_from_values_reads_files_names_and_optional_values(tmp_path) ->
     assert valid.vocabulary_file == str(vocabulary) and valid.checkpoint is None
     assert (valid.object_mask_threshold, valid.max_instances) == (0.8, 5)
     assert valid.tasks == ('semantic',) and valid.engine_cache_dir is None
+
+
+def test_tracking_parameters_make_the_trackers_settings() -> None:
+    default = settings()
+    assert default.tracking == TrackerCfg(reid_same_class=False)  # the demo model's labels flicker
+    assert (default.tracking_min_score, default.marker_lifetime_s) == (0.3, 1.0)
+    assert default.tracking_problem is None
+    tuned = settings(tracking__iou_weight=1.0, tracking__embedding_weight=0.0,
+                     tracking__lost_track_s=2.5, tracking__reid_min_similarity=0.8,
+                     tracking__reid_same_class=True)  # fmt: skip
+    assert tuned.tracking == TrackerCfg(
+        iou_weight=1.0, embedding_weight=0.0, lost_track_seconds=2.5, reid_min_similarity=0.8
+    )
+    assert settings(tracking__enabled=False).tracking is None
+    assert settings(tasks=['semantic']).tracking_problem == (
+        'tracking.enabled is true but tasks has no instance: nothing is tracked'
+    )
+    assert settings(tasks=['semantic'], tracking__enabled=False).tracking_problem is None
+
+
+@pytest.mark.parametrize(
+    ('changes', 'message'),
+    [({'tracking__iou_weight': 0.0, 'tracking__embedding_weight': 0.0},
+      'tracking.iou_weight and tracking.embedding_weight are both 0'),
+     ({'tracking__iou_weight': 1.5}, r'tracking.iou_weight=1.5 is outside \[0, 1\]'),
+     ({'tracking__lost_track_s': -1.0}, 'tracking.lost_track_s=-1.0 is outside'),
+     ({'tracking__reid_min_similarity': math.nan}, 'tracking.reid_min_similarity=nan'),
+     ({'tracking__min_score': 2.0}, 'tracking.min_score=2.0 is outside'),
+     ({'tracking__marker_lifetime_s': 0.0}, 'tracking.marker_lifetime_s=0.0 is outside')],
+)  # fmt: skip
+def test_bad_tracking_parameters_are_refused(changes, message) -> None:
+    with pytest.raises(SettingsError, match=message):
+        settings(**changes)
 
 
 def test_a_change_of_a_configure_time_parameter_waits_for_configure() -> None:
