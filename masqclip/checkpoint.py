@@ -56,6 +56,13 @@ def fingerprint_image_path(network: MasQCLIP) -> str:
     return digest.hexdigest()
 
 
+def fingerprint_mask_clip(network: MasQCLIP) -> str:
+    """A hash of the weights that embed masks (CLIP image tower, mask tokens and their query
+    projections): what a taught class's embedding belongs to (``Predictor.model_fingerprint``).
+    """
+    return fingerprint_module(network.mask_clip)
+
+
 def cast_floating(state_dict: Mapping[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
     """A CPU copy of ``state_dict`` with its floating-point tensors in ``dtype`` (float16
     halves a shipped file; loading casts back to the model's own dtype)."""

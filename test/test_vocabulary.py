@@ -139,10 +139,10 @@ class CountingEncoder:
 def test_cache_hit_miss_and_background():
     encoder = CountingEncoder()
     cache = TextEmbeddingCache(encoder, 'weights-A')
-    first = cache.embed_vocabulary(Vocabulary.parse('mug, table'))
+    first = cache.embed_entries(Vocabulary.parse('mug, table').entries)
     assert first.shape == (3, 3)
     assert encoder.encoded == [('mug',), ('table',), (BACKGROUND,)]
-    again = cache.embed_vocabulary(Vocabulary.parse('table, mug, chair'))
+    again = cache.embed_entries(Vocabulary.parse('table, mug, chair').entries)
     assert encoder.encoded[3:] == [('chair',)]  # only the new class is encoded
     assert torch.equal(again[0], first[1]) and torch.equal(again[1], first[0])
     assert (cache.hits, cache.misses) == (3, 4)

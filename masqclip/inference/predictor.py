@@ -16,7 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from masqclip.checkpoint import fingerprint_module
+from masqclip.checkpoint import fingerprint_mask_clip, fingerprint_module
+from masqclip.inference.exemplars import (
+    UNKNOWN_MODEL,
+    ExemplarError,
+    check_models,
+    shown_proposal,
+)
 from masqclip.inference.known_words import KnownWords
 from masqclip.inference.postprocess import (
     ImageSizeMaskLogits,
@@ -44,9 +50,9 @@ from masqclip.inference.transforms import (
     validate_image,
 )
 from masqclip.inference.vocabulary import (
-    BACKGROUND,
     TextEmbeddingCache,
     Vocabulary,
+    VocabularyEntry,
     validate_query,
 )
 from masqclip.modeling.masqclip import ImageModel, MasQCLIP
@@ -120,6 +126,9 @@ class Predictor:
     :param text_fingerprint: identifies the text weights (cache invalidation).
     :param model_config: the architecture's JSON config (preprocess + inference defaults).
     :param device: where the post-processing tensors live.
+    :param model_fingerprint: identifies the weights that embed masks
+        (``checkpoint.fingerprint_mask_clip``), which exemplar classes belong to; None: unknown,
+        and exemplar classes are refused.
     """
 
     def __init__(
@@ -130,8 +139,10 @@ class Predictor:
         model_config: dict,
         device: str = 'cpu',
         cfg: PredictorCfg | None = None,
+        model_fingerprint: str | None = None,
     ) -> None:
         self.cfg = cfg or PredictorCfg()
+        self.model_fingerprint = model_fingerprint
         self.model_config = model_config
         self.device = torch.device(device)
         self._image_model = image_model
@@ -172,6 +183,7 @@ class Predictor:
             config,
             device=device,
             cfg=PredictorCfg(**options),
+            model_fingerprint=fingerprint_mask_clip(network),
         )
 
     @property
@@ -183,6 +195,9 @@ class Predictor:
 
         Thread-safe against a running ``predict``: that one finishes with the vocabulary it
         started with, the next one uses the new one.
+
+        :raises ExemplarError: for an exemplar class taught with other weights (the vocabulary
+            in force stays).
         """
         start = time.perf_counter()
         self._active = self._activate(vocabulary)  # one assignment: never half-changed
@@ -194,13 +209,70 @@ class Predictor:
     def unknown_words_warning(self, texts: Vocabulary | Sequence[str]) -> str | None:
         """Why some classes or queries cannot work: the words of ``texts`` (a vocabulary's
         names and synonyms, or queries) this model was not trained on, with the words it
-        knows; None when it knows them all or declares no word list (open vocabulary)."""
-        if isinstance(texts, Vocabulary):
-            texts = [prompt for entry in texts.entries for prompt in entry.prompts]
-        return self.known_words.warning(texts)
+        knows; None when it knows them all or declares no word list (open vocabulary). An
+        exemplar class, or a query naming one, is no text and never warned about."""
+        entries = texts.entries if isinstance(texts, Vocabulary) else self._query_entries(texts)
+        return self.known_words.warning([prompt for entry in entries for prompt in entry.prompts])
+
+    def teach(
+        self,
+        result: SegmentationResult,
+        name: str,
+        *,
+        proposal_index: int | None = None,
+        mask: np.ndarray | None = None,
+    ) -> Vocabulary:
+        """Teach the exemplar class ``name`` by showing one object of a segmented frame, and
+        make the vocabulary with it current (as ``set_vocabulary``).
+
+        A new name appends an exemplar class (a thing); the name of an exemplar class adds the
+        example to its running mean. ``result`` may have been segmented with an earlier
+        vocabulary: the embeddings do not depend on it. Not atomic against a concurrent
+        vocabulary change: callers changing vocabularies from several threads serialise them.
+
+        :param result: a frame this predictor's model segmented (``predict``).
+        :param name: the class's label.
+        :param proposal_index: show this proposal of the frame (an instance's ``query_index``);
+            or
+        :param mask: bool (H, W) on that frame: show the proposal that matches it best by IoU
+            (``exemplars.shown_proposal``: a result keeps no image to embed the mask itself).
+        :return: the new vocabulary, now current.
+        :raises VocabularyError: the vocabulary unchanged, for a name a text class has or an
+            unusable name; ``ExemplarError`` (one too) for a missing, ambiguous or bad source
+            (index out of range; mask not bool, of another size, empty or matching no proposal),
+            an example of another model, or a predictor without a model fingerprint.
+        """
+        if self.model_fingerprint is None:
+            raise ExemplarError(UNKNOWN_MODEL)
+        active = self._active
+        shown = shown_proposal(result, proposal_index, mask)
+        embedding = result.proposals.embeddings[shown]
+        width = active.text.shape[1]
+        if embedding.shape != (width,):
+            raise ExemplarError(
+                f'the example has a {embedding.shape[-1]}-wide embedding, this model makes '
+                f'{width}-wide ones: teach from a frame this model segmented'
+            )
+        vocabulary = active.vocabulary.taught(name, embedding, self.model_fingerprint)
+        self.set_vocabulary(vocabulary)
+        return vocabulary
+
+    def _query_entries(self, queries: Sequence[str]) -> list[VocabularyEntry]:
+        """Queries as classes: one naming an exemplar class of the current vocabulary (as the
+        vocabulary compares names) is that class, any other is a text class of the query."""
+        exemplars = {
+            entry.name.lower(): entry
+            for entry in self.vocabulary.entries
+            if entry.exemplar is not None
+        }
+        return [
+            exemplars.get(' '.join(query.split()).lower(), VocabularyEntry(query))
+            for query in queries
+        ]
 
     def _activate(self, vocabulary: Vocabulary) -> _ActiveVocabulary:
-        text = self.text_cache.embed_vocabulary(vocabulary).to(self.device)
+        check_models(vocabulary.entries, self.model_fingerprint)
+        text = self.text_cache.embed_entries(vocabulary.entries).to(self.device)
         is_thing = torch.tensor(vocabulary.is_thing, dtype=torch.bool, device=self.device)
         return _ActiveVocabulary(vocabulary, text, is_thing)
 
@@ -304,6 +376,8 @@ class Predictor:
         No image pass: the query's text embedding (cached) meets the frame's per-mask CLIP
         embeddings. The query, the negative queries and 'background' compete in one softmax, so
         a proposal that better fits a negative query ("blue mug" against "red mug") scores low.
+        A query (or negative) naming an exemplar class of the current vocabulary is scored with
+        that class's exemplar embedding, not as text.
 
         Which proposals match, and which duplicate a better one (mask IoU above
         ``find_overlap_iou``), is decided on the frame's precomputed mask quality and overlaps
@@ -322,10 +396,10 @@ class Predictor:
             validate_query(text, f'negative query {number}')
             for number, text in enumerate(negative_queries, 1)
         ]
-        prompts = [(query,), *((text,) for text in negatives), (BACKGROUND,)]
+        entries = self._query_entries([query, *negatives])
         proposals = result.proposals
         with torch.inference_mode():
-            text = self.text_cache.embed(prompts)
+            text = self.text_cache.embed_entries(entries)
             class_scores = classify_masks(
                 torch.from_numpy(proposals.embeddings),
                 text.cpu(),

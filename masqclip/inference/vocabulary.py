@@ -2,7 +2,9 @@
 
 Text enters MasQCLIP only at the very end, as a dot product with per-mask CLIP embeddings, so
 a vocabulary change costs one pass of the text tower over the classes not seen before and never
-touches the image path.
+touches the image path. A class may also be taught by showing it (an exemplar class,
+docs/teach.md): its embedding is then the mean of shown masks' CLIP embeddings, used as a text
+embedding would be.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -31,24 +34,89 @@ class VocabularyError(ValueError):
     """A vocabulary (or query) that cannot be used; the message says what to fix."""
 
 
+def _unit_vector(values: object) -> np.ndarray:
+    """float64 (D,): ``values`` L2-normalised, or ``VocabularyError`` for anything that is not
+    a finite, non-zero vector."""
+    try:
+        vector = np.asarray(values, np.float64)
+    except (TypeError, ValueError) as error:
+        raise VocabularyError(f'an embedding must be a vector of numbers: {error}') from error
+    norm = np.linalg.norm(vector) if vector.ndim == 1 and np.isfinite(vector).all() else 0.0
+    if not norm > 0:
+        raise VocabularyError(
+            f'an embedding must be a finite, non-zero vector, got shape {vector.shape}'
+        )
+    return vector / norm
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    """What an exemplar class was taught from: the running mean of the L2-normalised CLIP mask
+    embeddings of the examples shown, and how many they were.
+
+    :param mean: the mean, not normalised (its norm falls below 1 as the examples disagree).
+    :param count: how many examples it averages (>= 1).
+    :param model: the fingerprint of the weights that embedded them
+        (``Predictor.model_fingerprint``): to other weights the vector means nothing.
+    """
+
+    mean: tuple[float, ...]
+    count: int
+    model: str
+
+    def __post_init__(self) -> None:
+        _unit_vector(self.mean)
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
+            raise VocabularyError(f'an exemplar counts at least one example, got {self.count!r}')
+        if not isinstance(self.model, str) or not self.model:
+            raise VocabularyError('an exemplar names the fingerprint of its model')
+
+    @classmethod
+    def first(cls, embedding: object, model: str) -> Exemplar:
+        """An exemplar of one example's embedding (normalised here)."""
+        return cls(tuple(_unit_vector(embedding).tolist()), 1, model)
+
+    def refined(self, embedding: object, model: str) -> Exemplar:
+        """This exemplar with one more example: the running mean over ``count + 1``."""
+        vector = _unit_vector(embedding)
+        if model != self.model or vector.shape != (len(self.mean),):
+            raise VocabularyError(
+                f'the example comes from model {model} (D={len(vector)}), the exemplar from '
+                f'model {self.model} (D={len(self.mean)}): refine it with its own model'
+            )
+        mean = np.asarray(self.mean)
+        mean += (vector - mean) / (self.count + 1)
+        return Exemplar(tuple(mean.tolist()), self.count + 1, model)
+
+    @property
+    def embedding(self) -> np.ndarray:
+        """float32 (D,): the class's embedding, ``mean`` L2-normalised."""
+        return _unit_vector(self.mean).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class VocabularyEntry:
-    """One class.
+    """One class: a text class, or an exemplar class taught by showing it.
 
-    :param name: what the class is called in outputs, and the first text prompt for it.
-    :param synonyms: further names; their text embeddings are averaged with ``name``'s.
+    :param name: what the class is called in outputs; for a text class also the first text
+        prompt for it.
+    :param synonyms: further names of a text class; their text embeddings are averaged with
+        ``name``'s.
     :param is_thing: True for countable objects (instances), False for stuff regions (merged
         into one panoptic segment per class, never reported as instances when panoptic is on).
+    :param exemplar: for an exemplar class, its embedding (the name is then only a label, never
+        encoded as text); None for a text class.
     """
 
     name: str
     synonyms: tuple[str, ...] = ()
     is_thing: bool = True
+    exemplar: Exemplar | None = None
 
     @property
     def prompts(self) -> tuple[str, ...]:
-        """The texts whose embeddings are averaged for this class."""
-        return (self.name, *self.synonyms)
+        """The texts whose embeddings are averaged for this class; none for an exemplar."""
+        return () if self.exemplar is not None else (self.name, *self.synonyms)
 
 
 def _clean_text(text: object, what: str) -> str:
@@ -78,7 +146,10 @@ def validate_query(text: object, what: str = 'query') -> str:
 
 
 def _make_entry(
-    name: object, synonyms: Iterable[object] = (), is_thing: object = True
+    name: object,
+    synonyms: Iterable[object] = (),
+    is_thing: object = True,
+    exemplar: Exemplar | None = None,
 ) -> VocabularyEntry:
     clean_name = _clean_text(name, 'class name')
     if isinstance(synonyms, str):
@@ -86,7 +157,27 @@ def _make_entry(
     clean_synonyms = tuple(_clean_text(s, f'synonym of {clean_name!r}') for s in synonyms)
     if not isinstance(is_thing, bool):
         raise VocabularyError(f'is_thing of {clean_name!r} must be true or false')
-    return VocabularyEntry(clean_name, clean_synonyms, is_thing)
+    if exemplar is not None and clean_synonyms:
+        raise VocabularyError(
+            f'exemplar class {clean_name!r} cannot have synonyms: its embedding comes from the '
+            'examples shown, not from text'
+        )
+    return VocabularyEntry(clean_name, clean_synonyms, is_thing, exemplar)
+
+
+def _exemplar_from_record(record: object, name: object) -> Exemplar:
+    """The ``exemplar`` field of class ``name``'s record (``to_records`` form)."""
+    if not isinstance(record, dict) or set(record) != {'mean', 'count', 'model'}:
+        raise VocabularyError(
+            f'the exemplar of {name!r} must be a mapping of exactly mean, count and model'
+        )
+    try:
+        mean = tuple(np.asarray(record['mean'], np.float64).tolist())
+    except (TypeError, ValueError) as error:
+        raise VocabularyError(
+            f'the exemplar mean of {name!r} must be a list of numbers'
+        ) from error
+    return Exemplar(mean, record['count'], record['model'])
 
 
 @dataclass(frozen=True)
@@ -130,21 +221,23 @@ class Vocabulary:
 
     @classmethod
     def from_records(cls, records: Iterable[object]) -> Vocabulary:
-        """Build from a list of names or ``{name, synonyms, is_thing}`` mappings (YAML form)."""
+        """Build from a list of names or ``{name, synonyms, is_thing, exemplar}`` mappings (YAML
+        form; ``exemplar``, ``{mean, count, model}``, makes an exemplar class)."""
         entries = []
         for record in records:
             if isinstance(record, dict):
-                unknown = set(record) - {'name', 'synonyms', 'is_thing'}
+                unknown = set(record) - {'name', 'synonyms', 'is_thing', 'exemplar'}
                 if unknown:
                     raise VocabularyError(
-                        f'unknown class fields {sorted(unknown)} in {record}; '
-                        'allowed: name, synonyms, is_thing'
+                        f'unknown class fields {sorted(unknown)} in class '
+                        f'{record.get("name")!r}; allowed: name, synonyms, is_thing, exemplar'
                     )
+                name, exemplar = record.get('name'), record.get('exemplar')
+                if exemplar is not None:
+                    exemplar = _exemplar_from_record(exemplar, name)
                 entries.append(
                     _make_entry(
-                        record.get('name'),
-                        record.get('synonyms', ()),
-                        record.get('is_thing', True),
+                        name, record.get('synonyms', ()), record.get('is_thing', True), exemplar
                     )
                 )
             else:
@@ -198,7 +291,10 @@ class Vocabulary:
         """
         if not entries:
             raise VocabularyError('nothing to add: give at least one class')
-        added = [_make_entry(entry.name, entry.synonyms, entry.is_thing) for entry in entries]
+        added = [
+            _make_entry(entry.name, entry.synonyms, entry.is_thing, entry.exemplar)
+            for entry in entries
+        ]
         present = {entry.name.lower(): entry.name for entry in self.entries}
         for entry in added:
             if entry.name.lower() in present:
@@ -222,12 +318,47 @@ class Vocabulary:
             raise VocabularyError(f'cannot remove {sorted(missing)}: not in the vocabulary')
         return Vocabulary(tuple(e for e in self.entries if e.name.lower() not in doomed))
 
+    def taught(self, name: object, embedding: object, model: str) -> Vocabulary:
+        """This vocabulary with one more example of the exemplar class ``name``: a new thing
+        class appended, or the running mean of the exemplar class of that name refined in place
+        (its index kept).
+
+        :param embedding: the example's CLIP mask embedding (D,).
+        :param model: the fingerprint of the weights that embedded it.
+        :raises VocabularyError: for a text class of that name (an exemplar needs a name of
+            its own), a bad name or embedding, or an example of other weights than the class's.
+        """
+        name = _clean_text(name, 'class name')
+        for index, entry in enumerate(self.entries):
+            if entry.name.lower() != name.lower():
+                continue
+            if entry.exemplar is None:
+                raise VocabularyError(
+                    f'{entry.name!r} is a text class: teach the example under another name, or '
+                    'remove the text class first'
+                )
+            refined = replace(entry, exemplar=entry.exemplar.refined(embedding, model))
+            return Vocabulary(self.entries[:index] + (refined,) + self.entries[index + 1 :])
+        return Vocabulary(
+            self.entries + (_make_entry(name, (), True, Exemplar.first(embedding, model)),)
+        )
+
     def to_records(self) -> list[dict]:
         """The YAML/JSON form, readable by ``from_records``."""
-        return [
-            {'name': e.name, 'synonyms': list(e.synonyms), 'is_thing': e.is_thing}
-            for e in self.entries
-        ]
+        return [_entry_record(entry) for entry in self.entries]
+
+
+def _entry_record(entry: VocabularyEntry) -> dict:
+    """A class in the YAML/JSON form ``from_records`` reads."""
+    record = {'name': entry.name, 'synonyms': list(entry.synonyms), 'is_thing': entry.is_thing}
+    if entry.exemplar is not None:
+        exemplar = entry.exemplar
+        record['exemplar'] = {
+            'mean': list(exemplar.mean),
+            'count': exemplar.count,
+            'model': exemplar.model,
+        }
+    return record
 
 
 class TextEmbeddingCache:
@@ -291,6 +422,14 @@ class TextEmbeddingCache:
                 found[key] = self._entries[key]
         return found
 
-    def embed_vocabulary(self, vocabulary: Vocabulary) -> torch.Tensor:
-        """[N + 1, D]: the vocabulary's classes then ``background``, as MasQCLIP scores them."""
-        return self.embed([e.prompts for e in vocabulary.entries] + [(BACKGROUND,)])
+    def embed_entries(self, entries: Sequence[VocabularyEntry]) -> torch.Tensor:
+        """[N + 1, D]: the classes then ``background``, as MasQCLIP scores them. Text classes
+        come from the cache; an exemplar class's row is its exemplar embedding as it is (never
+        encoded)."""
+        texts = self.embed([e.prompts for e in entries if e.exemplar is None] + [(BACKGROUND,)])
+        text_rows = iter(texts)
+        rows = [
+            next(text_rows) if e.exemplar is None else torch.from_numpy(e.exemplar.embedding)
+            for e in entries
+        ]
+        return torch.stack([row.to(texts) for row in rows] + [next(text_rows)])

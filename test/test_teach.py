@@ -1,0 +1,330 @@
+"""Teaching a class by showing it: exemplar classes, ``Predictor.teach``, the exemplar file, and
+on the demo sequence, how well one shown example labels the object in later frames."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from masqclip.data.coco import CocoDataset, load_coco_panoptic
+from masqclip.factory import build_model
+from masqclip.inference.exemplars import (
+    FORMAT,
+    MIN_MASK_IOU,
+    ExemplarError,
+    load_exemplars,
+    save_exemplars,
+)
+from masqclip.inference.predictor import Predictor
+from masqclip.inference.results import Instance, SegmentationResult
+from masqclip.inference.vocabulary import (
+    BACKGROUND,
+    Exemplar,
+    TextEmbeddingCache,
+    Vocabulary,
+    VocabularyEntry,
+    VocabularyError,
+)
+
+SEQUENCE = Path(__file__).resolve().parents[1] / 'examples' / 'sequence'
+
+
+@pytest.fixture
+def scene(rng):
+    return rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def predictor(tiny_predictor: Predictor) -> Predictor:
+    tiny_predictor.set_vocabulary(Vocabulary.parse('red mug, table'))
+    return tiny_predictor
+
+
+def unit(values) -> np.ndarray:
+    vector = np.asarray(values, np.float64)
+    return vector / np.linalg.norm(vector)
+
+
+def test_an_instance_taught_becomes_a_class_that_predict_and_find_use(predictor, scene):
+    result = predictor.predict(scene)
+    shown = result.instances[0]
+    before = predictor.vocabulary
+    taught = predictor.teach(result, ' my  toy ', proposal_index=shown.query_index)
+    assert predictor.vocabulary is taught and before.names == ('red mug', 'table')
+    assert taught.names == ('red mug', 'table', 'my toy')
+    exemplar = taught.entries[2].exemplar
+    assert exemplar.count == 1 and exemplar.model == predictor.model_fingerprint
+    np.testing.assert_allclose(exemplar.embedding, shown.embedding, atol=1e-6)
+    # Its own embedding against itself: cosine 1, x100 in one softmax with the text classes.
+    again = predictor.predict(scene)
+    labels = {i.label for i in again.instances if i.query_index == shown.query_index}
+    assert 'my toy' in labels
+    assert again.semantic.max() == 2  # the class index of 'my toy' labels pixels
+    best = predictor.find(again, 'My Toy', max_results=1)
+    assert best[0].query_index == shown.query_index and best[0].label == 'My Toy'
+
+
+def test_more_examples_refine_the_running_mean_in_place(predictor, scene):
+    result = predictor.predict(scene)
+    first, second, third = result.proposals.embeddings[:3]
+    predictor.teach(result, 'my toy', proposal_index=0)
+    predictor.set_vocabulary(predictor.vocabulary.add([VocabularyEntry('floor')]))
+    predictor.teach(result, 'my toy', proposal_index=1)
+    taught = predictor.teach(result, 'MY TOY', proposal_index=2)
+    assert taught.names == ('red mug', 'table', 'my toy', 'floor')  # index kept
+    exemplar = taught.entries[2].exemplar
+    assert exemplar.count == 3
+    mean = (unit(first) + unit(second) + unit(third)) / 3
+    np.testing.assert_allclose(exemplar.mean, mean, atol=1e-12)
+    np.testing.assert_allclose(exemplar.embedding, unit(mean), atol=1e-6)
+
+
+def test_a_mask_teaches_the_proposal_it_matches(predictor, scene):
+    result = predictor.predict(scene)
+    shown = result.instances[0]
+    mask = shown.mask.copy()
+    mask[np.nonzero(mask)[0][0]] = True  # a hand-drawn mask is never exact
+    taught = predictor.teach(result, 'my toy', mask=mask)
+    np.testing.assert_allclose(taught.entries[-1].exemplar.embedding, shown.embedding, atol=1e-6)
+
+
+def _off_by_one_column(result):
+    mask = np.zeros((result.image_size[0], result.image_size[1] + 1), bool)
+    mask[:4, :4] = True
+    return mask
+
+
+def _matching_nothing(result):
+    mask = np.zeros(result.image_size, bool)
+    mask[0, 0] = True  # one pixel: IoU far below MIN_MASK_IOU with any proposal
+    return mask
+
+
+@pytest.mark.parametrize(
+    'name, source, message',
+    [
+        ('table', {'proposal_index': 0}, "'table' is a text class"),
+        ('Background', {'proposal_index': 0}, 'reserved'),
+        ('  ', {'proposal_index': 0}, 'class name is empty'),
+        ('my toy', {}, 'one of them'),
+        ('my toy', {'proposal_index': 0, 'mask': 'drawn'}, 'one of them'),
+        ('my toy', {'proposal_index': 10}, "index 10 is not one of the frame's 10 proposals"),
+        ('my toy', {'proposal_index': -1}, 'not one of'),
+        ('my toy', {'proposal_index': 1.0}, 'not one of'),
+        ('my toy', {'mask': lambda r: np.ones(r.image_size, np.uint8)}, 'bool numpy array'),
+        ('my toy', {'mask': _off_by_one_column}, 'draw it on the frame'),
+        ('my toy', {'mask': lambda r: np.zeros(r.image_size, bool)}, 'the mask is empty'),
+        ('my toy', {'mask': _matching_nothing}, f'{MIN_MASK_IOU} is needed'),
+    ],
+)
+def test_bad_teaching_is_refused_and_changes_nothing(predictor, scene, name, source, message):
+    result = predictor.predict(scene)
+    if callable(source.get('mask')):
+        source = {**source, 'mask': source['mask'](result)}
+    before = predictor.vocabulary
+    with pytest.raises(VocabularyError, match=message):
+        predictor.teach(result, name, **source)
+    assert predictor.vocabulary is before
+
+
+def test_an_example_not_from_this_models_predict_is_refused(predictor, scene):
+    with pytest.raises(ExemplarError, match='did not come from predict'):
+        predictor.teach(SegmentationResult((48, 64), ()), 'my toy', proposal_index=0)
+    result = predictor.predict(scene)
+    proposals = result.proposals
+    foreign = dataclasses.replace(
+        result,
+        proposals=dataclasses.replace(
+            proposals, embeddings=np.ones((len(proposals.embeddings), 7), np.float32)
+        ),
+    )
+    with pytest.raises(ExemplarError, match='7-wide embedding, this model makes 32-wide'):
+        predictor.teach(foreign, 'my toy', proposal_index=0)
+    taught = predictor.teach(result, 'my toy', proposal_index=0)
+    with pytest.raises(VocabularyError, match='refine it with its own model'):
+        taught.taught('my toy', np.ones(32), 'other-weights')
+
+
+def test_exemplars_of_other_weights_are_refused(predictor, spied_predictor):
+    exemplar = Exemplar.first(np.ones(32), 'other-weights')
+    vocabulary = Vocabulary((VocabularyEntry('my toy', exemplar=exemplar),))
+    before = predictor.vocabulary
+    with pytest.raises(ExemplarError, match='taught with model other-weights, but this predictor'):
+        predictor.set_vocabulary(vocabulary)
+    assert predictor.vocabulary is before
+    blind, _ = spied_predictor  # built without a model fingerprint
+    with pytest.raises(ExemplarError, match='does not know its model fingerprint'):
+        blind.set_vocabulary(vocabulary)
+
+
+def test_the_text_cache_never_encodes_an_exemplar():
+    encoded = []
+
+    def encode(classes):
+        encoded.extend(classes)
+        return torch.nn.functional.normalize(torch.rand(len(classes), 3), dim=-1)
+
+    exemplar = Exemplar.first([3.0, 0.0, 4.0], 'w')
+    entries = (VocabularyEntry('mug'), VocabularyEntry('my toy', exemplar=exemplar))
+    matrix = TextEmbeddingCache(encode, 'w').embed_entries(entries)
+    assert encoded == [('mug',), (BACKGROUND,)]
+    assert matrix.shape == (3, 3)
+    assert torch.equal(matrix[1], torch.tensor([0.6, 0.0, 0.8]))
+
+
+def test_exemplar_names_are_no_text_for_the_word_list(tiny_model, scene):
+    network, config = tiny_model
+    config = {**config, 'clip': {**config['clip'], 'known_words': ['red', 'mug']}}
+    predictor = Predictor.from_network(network, config)
+    predictor.set_vocabulary(Vocabulary.parse('red mug'))
+    predictor.teach(predictor.predict(scene), 'my toy', proposal_index=0)
+    assert predictor.unknown_words_warning(predictor.vocabulary) is None
+    assert predictor.unknown_words_warning(['my  Toy', 'red mug']) is None
+    assert "'cat'" in predictor.unknown_words_warning(['my cat'])
+
+
+def test_records_keep_exemplar_classes():
+    exemplar = Exemplar.first([1.0, 2.0, 2.0], 'w').refined([0.0, 0.0, 1.0], 'w')
+    vocabulary = Vocabulary.parse('mug').add([VocabularyEntry('my toy', exemplar=exemplar)])
+    records = vocabulary.to_records()
+    assert records[1]['exemplar'] == {'mean': list(exemplar.mean), 'count': 2, 'model': 'w'}
+    assert Vocabulary.from_records(json.loads(json.dumps(records))) == vocabulary
+    assert vocabulary.entries[1].prompts == ()
+
+
+@pytest.mark.parametrize(
+    'exemplar, message',
+    [
+        ({'mean': [0.0, 0.0], 'count': 1, 'model': 'w'}, 'non-zero'),
+        ({'mean': [1.0, float('nan')], 'count': 1, 'model': 'w'}, 'finite'),
+        ({'mean': ['x'], 'count': 1, 'model': 'w'}, 'list of numbers'),
+        ({'mean': [1.0], 'count': 0, 'model': 'w'}, 'at least one example'),
+        ({'mean': [1.0], 'count': 1, 'model': ''}, 'fingerprint'),
+        ({'mean': [1.0], 'count': 1}, 'exactly mean, count and model'),
+    ],
+)
+def test_bad_exemplar_records_are_refused(exemplar, message):
+    with pytest.raises(VocabularyError, match=message):
+        Vocabulary.from_records([{'name': 'my toy', 'exemplar': exemplar}])
+
+
+def test_an_exemplar_class_has_no_synonyms():
+    exemplar = Exemplar.first([1.0], 'w')
+    with pytest.raises(VocabularyError, match='cannot have synonyms'):
+        Vocabulary(()).add([VocabularyEntry('my toy', ('toy',), exemplar=exemplar)])
+
+
+def test_the_exemplar_file_round_trips_and_names_its_model(predictor, scene, tmp_path):
+    result = predictor.predict(scene)
+    predictor.teach(result, 'my toy', proposal_index=0)
+    taught = predictor.teach(result, 'my cup', proposal_index=1)
+    path = tmp_path / 'taught' / 'exemplars.json'
+    assert save_exemplars(path, taught) == 2
+    data = json.loads(path.read_text())
+    assert data['format'] == FORMAT and [c['name'] for c in data['classes']] == [
+        'my toy',
+        'my cup',
+    ]
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left
+    entries = load_exemplars(path, predictor.model_fingerprint)
+    assert entries == taught.entries[2:]
+    restarted = Vocabulary.parse('red mug, table').add(entries)
+    predictor.set_vocabulary(restarted)
+    assert restarted == taught
+    with pytest.raises(ExemplarError) as refused:
+        load_exemplars(path, 'f' * 32)
+    message = str(refused.value)
+    assert predictor.model_fingerprint in message and 'f' * 32 in message
+    assert 'teach it again' in message
+
+
+@pytest.mark.parametrize(
+    'content, message',
+    [
+        (None, 'cannot read'),
+        ('{', 'not valid JSON'),
+        ('{"classes": []}', 'not an exemplar file'),
+        (json.dumps({'format': FORMAT, 'classes': ['mug']}), "text classes \\['mug'\\]"),
+        (json.dumps({'format': FORMAT, 'classes': [{'name': 'x', 'exemplar': 1}]}), 'mapping'),
+    ],
+)
+def test_bad_exemplar_files_are_refused(tmp_path, content, message):
+    path = tmp_path / 'exemplars.json'
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ExemplarError, match=message):
+        load_exemplars(path, 'w')
+
+
+# The issue's test: with the shipped demo model, one example mask of an object in one frame of
+# examples/sequence, taught under a new name with its text class removed from the vocabulary,
+# labels that object in later frames at least about as well as its text class does (docs/teach.md).
+
+TAUGHT_NAME = 'my toy'
+
+
+def _labelled(instances: list[Instance], mask: np.ndarray, label: str) -> bool:
+    """Whether the best-scoring instance matching ``mask`` (IoU >= 0.5) is called ``label``."""
+    for instance in instances:  # best first
+        x0, y0, x1, y1 = instance.box.astype(int)
+        overlap = np.count_nonzero(instance.mask_crop & mask[y0:y1, x0:x1])
+        if overlap >= 0.5 * (instance.area + np.count_nonzero(mask) - overlap):
+            return instance.label == label
+    return False
+
+
+def taught_and_text_rates(
+    predictor: Predictor, dataset: CocoDataset, text_class: str, shown_frame: int, step: int = 1
+) -> tuple[float, float]:
+    """How often the annotated objects of ``text_class`` in every ``step``-th frame after
+    ``shown_frame`` get their class (the best-scoring instance matching them says so): taught
+    from ``shown_frame``'s first such object as ``TAUGHT_NAME``, with ``text_class`` removed
+    from the scene's vocabulary; and as ``text_class``, the scene's vocabulary as it is.
+
+    :return: (taught rate, text rate), over the same objects.
+    """
+    category = next(c.id for c in dataset.categories if c.name == text_class)
+
+    def objects(record):
+        return [a for a in record.annotations if a.category_id == category]
+
+    scene = Vocabulary.from_records(
+        {'name': c.name, 'is_thing': c.is_thing} for c in dataset.categories
+    )
+    predictor.set_vocabulary(scene.remove([text_class]))
+    shown = dataset[shown_frame]
+    result = predictor.predict(shown.load_image(), tasks=('instance',))
+    taught = predictor.teach(result, TAUGHT_NAME, mask=objects(shown)[0].mask())
+    later = [r for r in dataset.records[shown_frame + 1 :: step] if objects(r)]
+    rates = []
+    for vocabulary, label in ((taught, TAUGHT_NAME), (scene, text_class)):
+        predictor.set_vocabulary(vocabulary)
+        hits = []
+        for record in later:
+            instances = predictor.predict(record.load_image(), tasks=('instance',)).instances
+            hits += [_labelled(instances, a.mask(), label) for a in objects(record)]
+        rates.append(float(np.mean(hits)))
+    return rates[0], rates[1]
+
+
+def demo_predictor_and_sequence() -> tuple[Predictor, CocoDataset]:
+    network, config = build_model(checkpoint='demo')
+    dataset = load_coco_panoptic(
+        SEQUENCE / 'annotations' / 'panoptic.json', SEQUENCE / 'panoptic', SEQUENCE / 'images'
+    )
+    return Predictor.from_network(network, config), dataset
+
+
+def test_one_shown_example_labels_the_object_in_later_frames():
+    # Shown in frame 1; every 12th later frame, 9 of which hold it. Measured (docs/teach.md):
+    # taught 0.78, text 0.33 here; 0.75 and 0.27 over all 100 later objects.
+    taught, text = taught_and_text_rates(
+        *demo_predictor_and_sequence(), 'purple checkered', shown_frame=0, step=12
+    )
+    print(f'taught {taught:.2f}, text {text:.2f}')
+    assert taught >= 0.4 and taught >= text - 0.15, (taught, text)
