@@ -284,10 +284,10 @@ def test_a_node_that_dies_at_start_is_a_failure_though_launch_exits_0(cli_env, t
     launch = Launch(cli_env, tmp_path / 'launch.log', 'namespace:=robot_dead',
                     f'vocabulary:={missing}')  # fmt: skip
     try:
-        with pytest.raises(AssertionError, match='process has died'):
-            launch.wait_active('/robot_dead/masqclip_node', timeout=60)
-        # launch treats its last process ending as the end of the launch: success.
-        assert launch.process.wait(timeout=30) == 0
+        # The node refuses to configure and exits 1; launch treats its last process ending as
+        # the end of the launch: success. (No CLI call here: on a loaded machine a daemon-less
+        # `ros2 lifecycle get` alone can take longer than the node takes to die.)
+        assert launch.process.wait(timeout=120) == 0
         assert 'exit code 1' in launch.log() and str(missing) in launch.log()
     finally:
         launch.stop()
@@ -345,6 +345,18 @@ def test_vocabulary_and_find_services(cli_env, launched, camera):
     assert 1 <= out.count("label='red mug'") <= 3, out
     assert "does not know 'mug':" in out, out
     assert 'vocabulary from set_vocabulary: this model' in launched.log()
+
+    # docs/teach.md's call: the latest frame's proposal 0 taught; then REMOVEd, as a REPLACE
+    # (the later tests') keeps a taught class.
+    out = ok(cli_env, 'service', 'call', f'{NODE}/teach', 'masqclip_ros/srv/TeachClass',
+             "{name: 'my toy', proposal_index: 0}", expect='TeachClass_Response')  # fmt: skip
+    assert 'success=True' in out and 'class_id=2' in out and 'example_count=1' in out, out
+    listed = ok(cli_env, 'service', 'call', f'{NODE}/get_vocabulary',
+                'masqclip_ros/srv/GetVocabulary', expect='GetVocabulary_Response')  # fmt: skip
+    assert "name='my toy', synonyms=[], is_thing=True, exemplar_count=1)" in listed, listed
+    ok(cli_env, 'service', 'call', f'{NODE}/set_vocabulary', 'masqclip_ros/srv/SetVocabulary',
+       "{entries: [{name: 'my toy'}], mode: 2}", expect='success=True')  # fmt: skip
+    assert vocabulary_names(cli_env) == (['mug', 'bowl'], version + 3)
 
 
 def test_param_set_of_live_parameters(cli_env, launched, vocabularies, camera):
