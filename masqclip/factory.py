@@ -10,6 +10,7 @@ from pathlib import Path
 
 from masqclip.checkpoint import (
     CheckpointError,
+    fingerprint_mask_clip,
     fingerprint_module,
     load_checkpoint,
     load_clip_weights,
@@ -217,6 +218,7 @@ def create_predictor(
     network, config = build_model(model, checkpoint=checkpoint, clip_weights=clip_weights)
     if backend == 'torch':
         return Predictor.from_network(network, config, device, precision, **options)
+    model_fingerprint = fingerprint_mask_clip(network)  # of the weights as loaded, as torch's
     image_model = build_image_model(
         network,
         config,
@@ -237,4 +239,5 @@ def create_predictor(
         config,
         device,
         PredictorCfg(**options),
+        model_fingerprint=model_fingerprint,
     )

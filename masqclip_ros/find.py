@@ -17,6 +17,7 @@ from masqclip_ros import msg as ros_msg
 from masqclip_ros.geometry import mask_geometry
 from masqclip_ros.history import FrameRecord
 from masqclip_ros.messages import instance_to_msg
+from masqclip_ros.tracks import UNTRACKED_FRAME
 
 
 def answer_on_frame(
@@ -79,7 +80,7 @@ def _answer_track(
     track_id = int(request.track_id)
     if record.tracks is None:
         response.status = FindObjects.Response.ERROR
-        response.message = 'this frame was not tracked (tracking.enabled is false)'
+        response.message = UNTRACKED_FRAME
     elif track_id in record.tracks.in_view:
         instance = record.tracks.in_view[track_id]
         response.matches.append(_match_msg(request, record, instance, depth_min_points))

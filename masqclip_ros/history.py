@@ -1,5 +1,6 @@
-"""The frames masqclip_node remembers for the find service, and which one a find gets: the
-LATEST, the NEXT processed after the request (waiting up to its timeout) or the one of a STAMP.
+"""The frames masqclip_node remembers for the find and teach services, and which one a request
+gets: the LATEST, the NEXT processed after a find (waiting up to its timeout) or the one of a
+STAMP.
 No rclpy node; unit-tested in test/ros/test_history.py.
 """
 
@@ -23,7 +24,8 @@ from masqclip_ros.tracks import FrameTracks
 
 @dataclass(frozen=True)
 class FrameRecord:
-    """What the find service needs of a processed frame (no full-size instance masks)."""
+    """What the find and teach services need of a processed frame (no full-size instance
+    masks)."""
 
     index: int
     """Counts the frames remembered, from 1: a NEXT find waits for a higher one."""
@@ -102,11 +104,17 @@ class FrameHistory:
 
         :param image_topic: where the frames come from (a timed out NEXT find names it).
         """
-        with self._changed:
-            if request.frame == FindObjects.Request.NEXT:
+        if request.frame == FindObjects.Request.NEXT:
+            with self._changed:
                 return self._next(request.timeout_s, image_topic)
-            if request.frame == FindObjects.Request.STAMP:
-                return self._at_stamp(request.stamp)
+        return self.kept(request.stamp if request.frame == FindObjects.Request.STAMP else None)
+
+    def kept(self, stamp: Time | None = None) -> FrameRecord | NoFrame:
+        """The latest frame kept, or the one of header stamp ``stamp``; or why there is none
+        (the kept stamps named). LATEST and STAMP of a find, and the frame a teach shows."""
+        with self._changed:
+            if stamp is not None:
+                return self._at_stamp(stamp)
             if not self._frames:
                 return NoFrame(FindObjects.Response.NO_FRAME, 'no frame has been processed yet')
             return self._frames[-1]

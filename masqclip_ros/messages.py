@@ -175,7 +175,7 @@ def panoptic_to_msg(
 def vocabulary_to_msg(vocabulary: Vocabulary, version: int, stamp: Time) -> ros_msg.Vocabulary:
     """Convert the library's vocabulary.
 
-    :param vocabulary: the classes in index order.
+    :param vocabulary: the classes in index order (an exemplar class with its example count).
     :param version: its version.
     :param stamp: when it came into force.
     :return: the ``masqclip_ros/Vocabulary``.
@@ -184,7 +184,10 @@ def vocabulary_to_msg(vocabulary: Vocabulary, version: int, stamp: Time) -> ros_
         header=Header(stamp=stamp),
         entries=[
             ros_msg.VocabularyEntry(
-                name=entry.name, synonyms=list(entry.synonyms), is_thing=entry.is_thing
+                name=entry.name,
+                synonyms=list(entry.synonyms),
+                is_thing=entry.is_thing,
+                exemplar_count=0 if entry.exemplar is None else entry.exemplar.count,
             )
             for entry in vocabulary.entries
         ],
@@ -193,7 +196,8 @@ def vocabulary_to_msg(vocabulary: Vocabulary, version: int, stamp: Time) -> ros_
 
 
 def msgs_to_entries(entries: Sequence[ros_msg.VocabularyEntry]) -> tuple[VocabularyEntry, ...]:
-    """Convert message entries to the library's (validation happens in ``Vocabulary``).
+    """Convert message entries to the library's text classes (validation happens in
+    ``Vocabulary``); ``exemplar_count`` is ignored: no message carries an exemplar.
 
     :param entries: ``masqclip_ros/VocabularyEntry`` messages.
     :return: the library's entries, in order.

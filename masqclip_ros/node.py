@@ -2,7 +2,8 @@
 
 Declaration, lifecycle, callbacks and publishing. The rest lives in sibling modules: policy and
 thread-safe state (``runtime``), the track ids (``tracks``), the frames kept for find
-(``history``) and a find's answer (``find``), the camera subscriptions and their QoS
+(``history``), a find's answer (``find``), teaching a class by showing it and the file that
+keeps the taught classes (``teach``), the camera subscriptions and their QoS
 (``camera_subscription``, ``image_qos``), the thread lanes (``executor``), the parameters
 (``settings``), conversions, messages and 3D geometry; the model is a ``masqclip``
 ``Predictor``. Start it without launch with
@@ -21,7 +22,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from masqclip_ros.msg import InstanceSegmentation, PanopticSegmentation
 from masqclip_ros.msg import Vocabulary as VocabularyMsg
-from masqclip_ros.srv import FindObjects, GetVocabulary, SetVocabulary
+from masqclip_ros.srv import FindObjects, GetVocabulary, SetVocabulary, TeachClass
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import (
     CallbackGroup,
@@ -94,6 +95,7 @@ from masqclip_ros.settings import (
     settings_from_values,
     with_live_values,
 )
+from masqclip_ros.teach import ExemplarStore, taught_entries, teach_from_request
 from masqclip_ros.tracks import FrameTracker, track_overlay
 
 try:  # the Detection2DArray mirror exists only where vision_msgs is installed
@@ -127,6 +129,7 @@ class SegmentationNode(LifecycleNode):
         self.settings: Settings | None = None
         self.predictor: Predictor | None = None
         self.vocabulary_version = 0
+        self._exemplars = ExemplarStore()  # teach.file, replaced at configure
         self.stats = Stats()
         self._log = RateLimitedLog(self.get_logger())
         # Held while the predictor and its vocabulary (with the version) are read or changed,
@@ -170,6 +173,7 @@ class SegmentationNode(LifecycleNode):
             (SetVocabulary, '~/set_vocabulary', self._on_set_vocabulary, self._service_group),
             (GetVocabulary, '~/get_vocabulary', self._on_get_vocabulary, self._service_group),
             (FindObjects, '~/find', self._on_find, self._find_group),
+            (TeachClass, '~/teach', self._on_teach, self._service_group),
         ]:
             self.create_service(
                 kind, name, callback, qos_profile=SERVICE_QOS, callback_group=group
@@ -205,6 +209,12 @@ class SegmentationNode(LifecycleNode):
                 f'(backend {settings.backend}, device {settings.device}): {error}'
             )
             return TransitionCallbackReturn.FAILURE
+        exemplars = ExemplarStore(settings.teach_file)
+        try:  # the taught classes of teach.file, which must be this model's
+            vocabulary = exemplars.load(vocabulary, predictor.model_fingerprint)
+        except VocabularyError as error:
+            self.get_logger().error(f'configure failed: {error}')
+            return TransitionCallbackReturn.FAILURE
         self.settings = settings
         self._history.clear(settings.find_buffer_size)
         if settings.tracking is not None:
@@ -226,7 +236,7 @@ class SegmentationNode(LifecycleNode):
             )
         # The services see the predictor only with its outputs and vocabulary in place.
         with self._vocabulary_lock:
-            self.predictor = predictor
+            self.predictor, self._exemplars = predictor, exemplars
             self._apply_vocabulary(vocabulary, 'parameters')
         self._timer_handles = [
             self.create_timer(settings.diagnostics_period_s, self._on_diagnostics)
@@ -238,7 +248,7 @@ class SegmentationNode(LifecycleNode):
         self.get_logger().info(
             f'configured: model {settings.model_name} on {settings.device} '
             f'({settings.backend}, {settings.precision}) in {time.perf_counter() - started:.1f} s'
-            f', {len(vocabulary)} classes'
+            f', {len(vocabulary)} classes ({len(taught_entries(vocabulary))} taught)'
         )
         return TransitionCallbackReturn.SUCCESS
 
@@ -541,24 +551,37 @@ class SegmentationNode(LifecycleNode):
 
     # Vocabulary -----------------------------------------------------------------------
 
-    def _apply_vocabulary(self, vocabulary: Vocabulary, source: str) -> tuple[float, str | None]:
+    def _apply_vocabulary(self, vocabulary: Vocabulary, source: str) -> tuple[float, list[str]]:
         """Make ``vocabulary`` current as a new version; return the text encoding seconds and
-        the warning about words the model does not know (None when it knows them all)."""
+        the warnings for the caller: the words the model does not know, teach.file not
+        saved."""
         with self._vocabulary_lock:
             seconds = self.predictor.set_vocabulary(vocabulary)
-            self.vocabulary_version += 1
-            message = vocabulary_to_msg(
-                vocabulary, self.vocabulary_version, self.get_clock().now().to_msg()
+            unsaved = self._announce_vocabulary(
+                vocabulary, source, f'text encoded in {seconds * 1000:.1f} ms'
             )
-            self._outputs['labels'].publish(message)  # under the lock: cleanup frees it
-        self.get_logger().info(
-            f'vocabulary version {self.vocabulary_version} from {source}: {len(vocabulary)} '
-            f'classes, text encoded in {seconds * 1000:.1f} ms'
-        )
         unknown = self.predictor.unknown_words_warning(vocabulary)
         if unknown:
             self.get_logger().warning(f'vocabulary from {source}: {unknown}')
-        return seconds, unknown
+        return seconds, [warning for warning in (unknown, unsaved) if warning]
+
+    def _announce_vocabulary(self, vocabulary: Vocabulary, source: str, detail: str) -> str | None:
+        """Once the predictor has made ``vocabulary`` current: count a new version (the tracker
+        starts anew on it), publish the latched labels, log it, and save teach.file when the
+        taught classes changed; return why they could not be saved (None: saved or unchanged).
+        """
+        with self._vocabulary_lock:
+            self.vocabulary_version += 1
+            version = self.vocabulary_version
+            message = vocabulary_to_msg(vocabulary, version, self.get_clock().now().to_msg())
+            self._outputs['labels'].publish(message)  # under the lock: cleanup frees it
+            unsaved = self._exemplars.save(vocabulary)
+        self.get_logger().info(
+            f'vocabulary version {version} from {source}: {len(vocabulary)} classes, {detail}'
+        )
+        if unsaved:
+            self.get_logger().warning(unsaved)
+        return unsaved
 
     def _change_vocabulary(
         self, entries: tuple[VocabularyEntry, ...], mode: int, source: str
@@ -577,9 +600,9 @@ class SegmentationNode(LifecycleNode):
             summary = vocabulary_summary(vocabulary)
             if vocabulary == current:
                 return True, f'unchanged, {summary}', self.vocabulary_version, 0.0
-            seconds, unknown = self._apply_vocabulary(vocabulary, source)
-            if unknown:  # the caller learns why some classes cannot be found
-                summary = f'{summary}; warning: {unknown}'
+            seconds, warnings = self._apply_vocabulary(vocabulary, source)
+            # The caller learns why some classes cannot be found, or will not be kept.
+            summary += ''.join(f'; warning: {warning}' for warning in warnings)
             return True, summary, self.vocabulary_version, seconds
 
     def _on_set_vocabulary(
@@ -658,6 +681,32 @@ class SegmentationNode(LifecycleNode):
         )
         if unknown:
             self._log('warning', ('find', 'unknown words'), f'find {request.query!r}: {unknown}')
+        return response
+
+    # Teach ----------------------------------------------------------------------------
+
+    def _on_teach(
+        self, request: TeachClass.Request, response: TeachClass.Response
+    ) -> TeachClass.Response:
+        with self._vocabulary_lock:  # one vocabulary change at a time
+            if self.predictor is None:
+                response.message = 'the node is not configured'
+            else:
+                try:
+                    taught = teach_from_request(
+                        request, self._history, self.predictor, self.settings.max_pixels
+                    )
+                except VocabularyError as error:  # the vocabulary stays as it was
+                    response.message = str(error)
+                else:
+                    unsaved = self._announce_vocabulary(taught.vocabulary, 'teach', taught.message)
+                    warning = f'; warning: {unsaved}' if unsaved else ''
+                    response.success, response.message = True, taught.message + warning
+                    response.class_id = taught.class_id
+                    response.example_count = taught.example_count
+            response.version = self.vocabulary_version
+        if not response.success:
+            self._log('warning', ('teach',), f'teach refused: {response.message}')
         return response
 
     # Diagnostics ----------------------------------------------------------------------

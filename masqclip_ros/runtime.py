@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Generic, NamedTuple, TypeVar
 
 import numpy as np
@@ -109,15 +109,17 @@ def changed_vocabulary(
     """The vocabulary a change asks for: a SetVocabulary request, or a REPLACE by the
     vocabulary topic or the vocabulary parameters.
 
-    REPLACE takes the entries as they are; ADD appends new names only; REMOVE drops the names
-    given. Names are compared as the vocabulary compares them (case and surplus whitespace
-    ignored), in every mode.
+    REPLACE takes the entries as they are, but drops no exemplar class (taught by showing
+    it): one the entries do not name is kept after them, an entry naming one keeps its
+    exemplar (see ``replaced_keeping_exemplars``); ADD appends new names only; REMOVE drops the
+    names given. Names are compared as the vocabulary compares them (case and surplus
+    whitespace ignored), in every mode.
 
     :raises VocabularyError: for an unknown mode, a request naming nothing (ADD or REMOVE), a
         name ADD finds present or REMOVE finds absent, an invalid entry, or an empty result.
     """
     if mode == SetVocabulary.Request.REPLACE:
-        vocabulary = Vocabulary(tuple(entries))
+        vocabulary = replaced_keeping_exemplars(current, entries)
     elif mode == SetVocabulary.Request.ADD:
         vocabulary = current.add(entries)
     elif mode == SetVocabulary.Request.REMOVE:
@@ -126,6 +128,28 @@ def changed_vocabulary(
         raise VocabularyError(f'mode {mode} is not REPLACE (0), ADD (1) or REMOVE (2)')
     # Cleans and validates every entry (empty or overlong names, duplicates once cleaned).
     return Vocabulary.from_records(vocabulary.to_records()).require_classes()
+
+
+def replaced_keeping_exemplars(
+    current: Vocabulary, entries: Sequence[VocabularyEntry]
+) -> Vocabulary:
+    """``entries`` as the new vocabulary, with the exemplar classes of ``current`` kept: an
+    entry naming one (as the vocabulary compares names) gets its exemplar, position and
+    ``is_thing`` being the entry's; the ones no entry names follow the entries, in their order.
+
+    :raises VocabularyError: for an invalid entry, or one naming an exemplar class with
+        synonyms.
+    """
+    requested = Vocabulary.from_records(Vocabulary(tuple(entries)).to_records())  # cleaned
+    taught = {e.name.lower(): e for e in current.entries if e.exemplar is not None}
+    named = [
+        replace(entry, exemplar=taught.pop(entry.name.lower()).exemplar)
+        if entry.name.lower() in taught
+        else entry
+        for entry in requested.entries
+    ]
+    # Validated again: an exemplar class cannot have the synonyms its entry brought.
+    return Vocabulary.from_records(Vocabulary((*named, *taught.values())).to_records())
 
 
 def vocabulary_summary(vocabulary: Vocabulary) -> str:

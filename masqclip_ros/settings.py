@@ -172,6 +172,12 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         (0.01, 3600.0),
     ),
     ParameterSpec(
+        'teach.file',
+        '',
+        'JSON file keeping the classes taught by showing them (~/teach) across restarts: read '
+        'at configure, written after each change of them; empty = not kept.',
+    ),
+    ParameterSpec(
         'diagnostics.period_s', 1.0, 'Period of /diagnostics and rate windows.', (0.05, 60.0)
     ),
 )
@@ -218,6 +224,8 @@ class Settings:
     """None when tracking is off."""
     tracking_min_score: float
     marker_lifetime_s: float
+    teach_file: str | None
+    """None: taught classes are not kept across restarts."""
 
     @property
     def model_name(self) -> str:
@@ -316,6 +324,7 @@ def settings_from_values(values: Mapping[str, object]) -> Settings:
     clip_weights = str(values['model.clip_weights']) or None
     if clip_weights is not None and not Path(clip_weights).is_file():
         raise SettingsError(f'parameter model.clip_weights: no file at {clip_weights!r}')
+    teach_file = str(values['teach.file'])  # need not exist yet: the first teach writes it
 
     def optional_threshold(name: str) -> float | None:
         value = float(values[name])
@@ -350,6 +359,7 @@ def settings_from_values(values: Mapping[str, object]) -> Settings:
         tracking=_tracker_cfg(values),
         tracking_min_score=float(values['tracking.min_score']),
         marker_lifetime_s=float(values['tracking.marker_lifetime_s']),
+        teach_file=str(Path(teach_file).expanduser()) if teach_file else None,
         **live,
     )
 

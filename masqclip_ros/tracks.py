@@ -16,6 +16,9 @@ from masqclip.inference.tracking import Tracker, TrackerCfg, track_result
 from masqclip.visualization import Rgb, label_color
 from masqclip_ros.runtime import stamp_seconds, stamp_text
 
+UNTRACKED_FRAME = 'this frame was not tracked (tracking.enabled is false)'
+"""Why a request for a track id has no answer on a frame remembered without tracks."""
+
 
 def track_color(track_id: int) -> Rgb:
     """A track's colour in the overlay and the markers: stable while its class label

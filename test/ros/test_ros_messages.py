@@ -21,7 +21,7 @@ from masqclip.inference.results import (  # noqa: E402
     PanopticSegment,
     SegmentationResult,
 )
-from masqclip.inference.vocabulary import Vocabulary  # noqa: E402
+from masqclip.inference.vocabulary import Exemplar, Vocabulary, VocabularyEntry  # noqa: E402
 from masqclip.visualization import label_color  # noqa: E402
 from masqclip_ros import messages  # noqa: E402
 from masqclip_ros.conversions import image_msg_to_array  # noqa: E402
@@ -146,6 +146,15 @@ def test_vocabulary_round_trip() -> None:
     msg = messages.vocabulary_to_msg(vocabulary, 4, stamp)
     assert msg.version == 4 and msg.header.stamp == stamp
     assert Vocabulary(messages.msgs_to_entries(msg.entries)) == vocabulary
+
+
+def test_taught_classes_carry_their_example_count_and_come_back_as_text_entries() -> None:
+    exemplar = Exemplar(tuple(np.ones(4) / 2), 3, 'weights-a')
+    vocabulary = Vocabulary((VocabularyEntry('mug'), VocabularyEntry('my toy', exemplar=exemplar)))
+    msg = messages.vocabulary_to_msg(vocabulary, 2, Time(sec=1))
+    assert [(e.name, e.exemplar_count) for e in msg.entries] == [('mug', 0), ('my toy', 3)]
+    # No message carries an exemplar: a REPLACE keeps the one of the class it names.
+    assert all(e.exemplar is None for e in messages.msgs_to_entries(msg.entries))
 
 
 def test_detections_mirror_uses_label_as_class_id() -> None:

@@ -6,6 +6,7 @@ import math
 import threading
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip('rclpy')
@@ -17,7 +18,12 @@ from builtin_interfaces.msg import Time  # noqa: E402
 from masqclip_ros.srv import FindObjects, SetVocabulary  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from masqclip.inference.vocabulary import Vocabulary, VocabularyEntry, VocabularyError  # noqa: E402
+from masqclip.inference.vocabulary import (  # noqa: E402
+    Exemplar,
+    Vocabulary,
+    VocabularyEntry,
+    VocabularyError,
+)
 from masqclip_ros import runtime  # noqa: E402
 
 REPLACE, ADD, REMOVE = (SetVocabulary.Request.REPLACE, SetVocabulary.Request.ADD,
@@ -124,6 +130,42 @@ def test_remove_normalises_whitespace_as_replace_does() -> None:
 def test_requests_that_change_nothing_or_break_a_rule_are_refused(names, mode, message) -> None:
     with pytest.raises(VocabularyError, match=message):
         runtime.changed_vocabulary(CURRENT, entries(*names), mode)
+
+
+def taught(name: str, model: str = 'weights-a') -> VocabularyEntry:
+    """An exemplar class (one example) named ``name``."""
+    return VocabularyEntry(name, exemplar=Exemplar.first(np.arange(1.0, 5.0), model))
+
+
+WITH_TAUGHT = Vocabulary((VocabularyEntry('table'), taught('my toy'), taught('red cup')))
+
+
+def test_replace_keeps_the_taught_classes_it_does_not_name_after_its_entries() -> None:
+    replaced = runtime.changed_vocabulary(WITH_TAUGHT, entries('floor', 'chair'), REPLACE)
+    assert replaced.names == ('floor', 'chair', 'my toy', 'red cup')
+    assert replaced.entries[2:] == WITH_TAUGHT.entries[1:]
+
+
+def test_a_replace_entry_naming_a_taught_class_keeps_its_exemplar_at_its_position() -> None:
+    stuff = VocabularyEntry('  RED  cup', is_thing=False)
+    replaced = runtime.changed_vocabulary(WITH_TAUGHT, [stuff, VocabularyEntry('floor')], REPLACE)
+    assert replaced.names == ('RED cup', 'floor', 'my toy')
+    cup = replaced.entries[0]
+    assert cup.exemplar == WITH_TAUGHT.entries[2].exemplar and not cup.is_thing
+    # Sending the vocabulary in force back (as ~/semantic/labels gives it) changes nothing.
+    again = runtime.changed_vocabulary(WITH_TAUGHT, entries(*WITH_TAUGHT.names), REPLACE)
+    assert again == WITH_TAUGHT
+
+
+def test_a_taught_class_cannot_gain_synonyms_and_only_remove_drops_one() -> None:
+    with pytest.raises(VocabularyError, match="exemplar class 'my toy' cannot have synonyms"):
+        runtime.changed_vocabulary(
+            WITH_TAUGHT, [VocabularyEntry('my toy', synonyms=('teddy',))], REPLACE
+        )
+    removed = runtime.changed_vocabulary(WITH_TAUGHT, entries('my toy'), REMOVE)
+    assert removed.names == ('table', 'red cup')
+    with pytest.raises(VocabularyError, match='already in the vocabulary'):
+        runtime.changed_vocabulary(WITH_TAUGHT, entries('My Toy'), ADD)
 
 
 def test_summary_names_the_first_eight_classes() -> None:

@@ -101,6 +101,13 @@ def test_settings_from_values_reads_files_names_and_optional_values(tmp_path) ->
     assert valid.tasks == ('semantic',) and valid.engine_cache_dir is None
 
 
+def test_teach_file_is_off_by_default_and_may_start_at_home(monkeypatch, tmp_path) -> None:
+    assert settings().teach_file is None
+    monkeypatch.setenv('HOME', str(tmp_path))
+    # Need not exist: the first class taught writes it.
+    assert settings(teach__file='~/taught.json').teach_file == str(tmp_path / 'taught.json')
+
+
 def test_tracking_parameters_make_the_trackers_settings() -> None:
     default = settings()
     assert default.tracking == TrackerCfg(reid_same_class=False)  # the demo model's labels flicker
