@@ -12,7 +12,6 @@ keeps the taught classes (``teach``), the camera subscriptions and their QoS
 
 from __future__ import annotations
 
-import collections
 import sys
 import threading
 import time
@@ -48,7 +47,6 @@ from masqclip_ros.conversions import (
     ImageConversionError,
     array_to_image_msg,
     compressed_msg_to_rgb,
-    depth_msg_to_metres,
     image_msg_to_rgb,
 )
 from masqclip_ros.executor import LaneExecutor
@@ -57,7 +55,6 @@ from masqclip_ros.geometry import (
     Geometry3D,
     GeometryError,
     Intrinsics,
-    intrinsics_from_k,
     mask_geometry,
 )
 from masqclip_ros.history import FrameHistory, NoFrame
@@ -73,6 +70,7 @@ from masqclip_ros.messages import (
     vocabulary_to_msg,
 )
 from masqclip_ros.runtime import (
+    DepthInput,
     Frame,
     LatestSlot,
     RateGate,
@@ -80,7 +78,6 @@ from masqclip_ros.runtime import (
     Stats,
     changed_vocabulary,
     find_request_problem,
-    nearest_depth,
     parameter_vocabulary,
     stamp_problem,
     stamp_text,
@@ -115,6 +112,18 @@ SERVICE_QOS = QoSProfile(depth=4 * FIND_THREADS, reliability=ReliabilityPolicy.R
 """Deep: the default depth of 10 drops requests (and unacknowledged answers) beyond ten at once."""
 PUBLISHER_POLL_S = 1.0
 """How often input.reliability auto looks at the image publishers again."""
+OUTPUTS = {
+    'instances': (InstanceSegmentation, '~/instances', OUTPUT_QOS),
+    'semantic': (Image, '~/semantic', OUTPUT_QOS),
+    'labels': (VocabularyMsg, '~/semantic/labels', LATCHED_QOS),
+    'panoptic': (PanopticSegmentation, '~/panoptic', OUTPUT_QOS),
+    'overlay': (Image, '~/overlay', OUTPUT_QOS),
+    'markers': (MarkerArray, '~/markers', OUTPUT_QOS),
+    'diagnostics': (DiagnosticArray, '/diagnostics', 10),
+}
+"""The publishers made at configure: name -> (message type, topic, QoS)."""
+if vision_msgs is not None:
+    OUTPUTS['detections'] = (vision_msgs.Detection2DArray, '~/detections', OUTPUT_QOS)
 
 
 class SegmentationNode(LifecycleNode):
@@ -140,8 +149,7 @@ class SegmentationNode(LifecycleNode):
         self._history = FrameHistory()
         self._tracker: FrameTracker | None = None  # made at configure, fed by the worker
         self._rate_gate = RateGate()
-        self._depth: collections.deque[Image] = collections.deque(maxlen=8)
-        self._camera_info: CameraInfo | None = None
+        self._depth_input = DepthInput()
         self._worker: threading.Thread | None = None
         self._running = threading.Event()
         self._active_since = 0.0
@@ -205,8 +213,7 @@ class SegmentationNode(LifecycleNode):
             predictor = create_predictor(**settings.predictor_options())
         except (OSError, ValueError, RuntimeError) as error:
             self.get_logger().error(
-                f'configure failed: cannot build the model {settings.model_name} '
-                f'(backend {settings.backend}, device {settings.device}): {error}'
+                f'configure failed: cannot build the model {settings.model_summary}: {error}'
             )
             return TransitionCallbackReturn.FAILURE
         exemplars = ExemplarStore(settings.teach_file)
@@ -222,18 +229,8 @@ class SegmentationNode(LifecycleNode):
         if settings.tracking_problem:
             self.get_logger().warning(settings.tracking_problem)
         self._outputs = {
-            'instances': self.create_publisher(InstanceSegmentation, '~/instances', OUTPUT_QOS),
-            'semantic': self.create_publisher(Image, '~/semantic', OUTPUT_QOS),
-            'labels': self.create_publisher(VocabularyMsg, '~/semantic/labels', LATCHED_QOS),
-            'panoptic': self.create_publisher(PanopticSegmentation, '~/panoptic', OUTPUT_QOS),
-            'overlay': self.create_publisher(Image, '~/overlay', OUTPUT_QOS),
-            'markers': self.create_publisher(MarkerArray, '~/markers', OUTPUT_QOS),
-            'diagnostics': self.create_publisher(DiagnosticArray, '/diagnostics', 10),
+            name: self.create_publisher(*publisher) for name, publisher in OUTPUTS.items()
         }
-        if vision_msgs is not None:
-            self._outputs['detections'] = self.create_publisher(
-                vision_msgs.Detection2DArray, '~/detections', OUTPUT_QOS
-            )
         # The services see the predictor only with its outputs and vocabulary in place.
         with self._vocabulary_lock:
             self.predictor, self._exemplars = predictor, exemplars
@@ -246,9 +243,9 @@ class SegmentationNode(LifecycleNode):
                 self.create_timer(PUBLISHER_POLL_S, self._follow_publishers)
             )
         self.get_logger().info(
-            f'configured: model {settings.model_name} on {settings.device} '
-            f'({settings.backend}, {settings.precision}) in {time.perf_counter() - started:.1f} s'
-            f', {len(vocabulary)} classes ({len(taught_entries(vocabulary))} taught)'
+            f'configured: model {settings.model_summary} in '
+            f'{time.perf_counter() - started:.1f} s, {len(vocabulary)} classes '
+            f'({len(taught_entries(vocabulary))} taught)'
         )
         return TransitionCallbackReturn.SUCCESS
 
@@ -341,7 +338,7 @@ class SegmentationNode(LifecycleNode):
             self.destroy_timer(timer)
         self._outputs, self._timer_handles = {}, []
         self._history.clear()
-        self._depth.clear()
+        self._depth_input.clear()
         self._tracker = None
 
     def stop(self) -> None:
@@ -423,11 +420,11 @@ class SegmentationNode(LifecycleNode):
 
     def _on_depth(self, msg: Image) -> None:
         if self._stamp_ok(msg, 'depth', 'depth'):
-            self._depth.append(msg)
+            self._depth_input.add(msg)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         if self._stamp_ok(msg, 'camera_info', 'camera_info'):
-            self._camera_info = msg
+            self._depth_input.camera_info = msg
 
     def _on_vocabulary_topic(self, msg: VocabularyMsg) -> None:
         ok, message, _, _ = self._change_vocabulary(
@@ -529,24 +526,18 @@ class SegmentationNode(LifecycleNode):
     def _depth_for(self, header: Header) -> tuple[np.ndarray | None, Intrinsics | None]:
         """The depth image paired with ``header`` (in metres) and the intrinsics, or Nones."""
         settings = self.settings
-        info = self._camera_info
-        if info is None:
-            return None, None
-        # A copy: the depth callback appends meanwhile.
-        depth, problem = nearest_depth(list(self._depth), header.stamp, settings.depth_sync_slop_s)
-        if problem is not None:
-            self._log('warning', ('depth', 'sync'), problem)
-        if depth is None:
-            return None, None
         try:
-            depth_m = depth_msg_to_metres(depth, settings.depth_scale, settings.max_pixels)
-            intrinsics = intrinsics_from_k(info.k, info.height, info.width)
+            depth_m, intrinsics, problem = self._depth_input.for_frame(
+                header.stamp, settings.depth_sync_slop_s, settings.depth_scale, settings.max_pixels
+            )
         except ImageConversionError as error:
             self._reject(('depth', error.field), f'rejected depth image: {error}')
             return None, None
         except GeometryError as error:
             self._log('error', ('camera_info',), f'rejected camera_info: {error}')
             return None, None
+        if problem is not None:
+            self._log('warning', ('depth', 'sync'), problem)
         return depth_m, intrinsics
 
     # Vocabulary -----------------------------------------------------------------------
@@ -730,19 +721,11 @@ class SegmentationNode(LifecycleNode):
                         silence_report(camera.topic, silent, camera.qos, camera.publishers())
                     )
         tracker = self._tracker  # one read: cleanup may drop it meanwhile
-        tracking = (
-            {'tracks active': tracker.active_count, 'tracks lost': tracker.lost_count}
-            if tracker is not None
-            else {'tracking': 'off'}
-        )
         values = {
             **window,
             **self.stats.totals(),
-            **tracking,
-            'model': settings.model_name,
-            'backend': settings.backend,
-            'device': settings.device,
-            'precision': settings.precision,
+            **(tracker.diagnostic_values() if tracker is not None else {'tracking': 'off'}),
+            **settings.diagnostic_values(),
             'vocabulary version': self.vocabulary_version,
             'vocabulary size': len(self.predictor.vocabulary) if self.predictor else 0,
             'image topic': self._image_topic,

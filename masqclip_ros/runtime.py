@@ -18,7 +18,7 @@ from typing import Generic, NamedTuple, TypeVar
 import numpy as np
 from builtin_interfaces.msg import Time
 from masqclip_ros.srv import FindObjects, SetVocabulary
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from masqclip.inference.vocabulary import (
@@ -27,6 +27,8 @@ from masqclip.inference.vocabulary import (
     VocabularyError,
     validate_query,
 )
+from masqclip_ros.conversions import depth_msg_to_metres
+from masqclip_ros.geometry import Intrinsics, intrinsics_from_k
 
 MAX_FIND_WAIT_S = 60.0
 """Longest ``timeout_s`` a NEXT find may ask for."""
@@ -187,6 +189,43 @@ def nearest_depth(depths: Iterable[Image], stamp: Time, slop_s: float) -> DepthP
             'no 3D for this frame',
         )
     return DepthPairing(best)
+
+
+class DepthInput:
+    """The registered depth images and the camera_info a camera frame is paired with: kept by
+    the input callbacks as they arrive, read by the inference thread.
+
+    :param keep: how many depth images to keep (a frame pairs with the nearest in time).
+    """
+
+    def __init__(self, keep: int = 8) -> None:
+        self._depths: collections.deque[Image] = collections.deque(maxlen=keep)
+        self.camera_info: CameraInfo | None = None
+
+    def add(self, depth: Image) -> None:
+        self._depths.append(depth)
+
+    def clear(self) -> None:
+        self._depths.clear()
+
+    def for_frame(
+        self, stamp: Time, slop_s: float, scale: float, max_pixels: int
+    ) -> tuple[np.ndarray | None, Intrinsics | None, str | None]:
+        """The depth (metres) and intrinsics for a frame stamped ``stamp``, or Nones (no
+        camera_info yet, or no depth image within ``slop_s``), and why, when there is a reason
+        to say.
+
+        :raises ImageConversionError: for a malformed depth image.
+        :raises GeometryError: for a camera_info that gives no intrinsics.
+        """
+        info = self.camera_info
+        if info is None:
+            return None, None, None
+        depth, problem = nearest_depth(list(self._depths), stamp, slop_s)  # a copy: appended to
+        if depth is None:
+            return None, None, problem
+        depth_m = depth_msg_to_metres(depth, scale, max_pixels)
+        return depth_m, intrinsics_from_k(info.k, info.height, info.width), problem
 
 
 def _nanoseconds(stamp: Time) -> int:

@@ -233,6 +233,20 @@ class Settings:
         return factory.model_name(self.model_config or None, self.checkpoint)
 
     @property
+    def model_summary(self) -> str:
+        """'<model> on <device> (<backend>, <precision>)', as logs name what runs."""
+        return f'{self.model_name} on {self.device} ({self.backend}, {self.precision})'
+
+    def diagnostic_values(self) -> dict[str, str]:
+        """The model's entries of the node's /diagnostics."""
+        return {
+            'model': self.model_name,
+            'backend': self.backend,
+            'device': self.device,
+            'precision': self.precision,
+        }
+
+    @property
     def tracking_problem(self) -> str | None:
         """Why tracking is on but tracks nothing (tracks follow instances); None otherwise."""
         if self.tracking is not None and 'instance' not in self.tasks:

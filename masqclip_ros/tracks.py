@@ -96,6 +96,10 @@ class FrameTracker:
         self._vocabulary_version: int | None = None
         self.active_count = self.lost_count = 0
 
+    def diagnostic_values(self) -> dict[str, int]:
+        """The tracks' entries of the node's /diagnostics."""
+        return {'tracks active': self.active_count, 'tracks lost': self.lost_count}
+
     def track(
         self,
         result: SegmentationResult,

@@ -16,7 +16,8 @@ pytest.importorskip(
 
 from builtin_interfaces.msg import Time  # noqa: E402
 from masqclip_ros.srv import FindObjects, SetVocabulary  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
 
 from masqclip.inference.vocabulary import (  # noqa: E402
     Exemplar,
@@ -25,6 +26,8 @@ from masqclip.inference.vocabulary import (  # noqa: E402
     VocabularyError,
 )
 from masqclip_ros import runtime  # noqa: E402
+from masqclip_ros.conversions import ImageConversionError, array_to_image_msg  # noqa: E402
+from masqclip_ros.geometry import GeometryError  # noqa: E402
 
 REPLACE, ADD, REMOVE = (SetVocabulary.Request.REPLACE, SetVocabulary.Request.ADD,
                         SetVocabulary.Request.REMOVE)  # fmt: skip
@@ -362,3 +365,25 @@ def test_stats_lose_no_count_across_threads() -> None:
     totals = stats.totals()
     assert totals['received'] == totals['skipped (max_rate_hz)'] == 8000
     assert stats.take_window()['input rate (Hz)'] > 0
+
+
+def test_depth_input_pairs_a_frame_with_metres_and_intrinsics() -> None:
+    depths = runtime.DepthInput()
+    millimetres = np.full((4, 6), 1500, np.uint16)
+    depths.add(array_to_image_msg(millimetres, '16UC1', Header(stamp=Time(sec=10))))
+    stamp = Time(sec=10, nanosec=20_000_000)
+    assert depths.for_frame(stamp, 0.05, 0.001, 10**6) == (None, None, None)  # no camera_info
+    depths.camera_info = CameraInfo(
+        height=4, width=6, k=[5.0, 0.0, 3.0, 0.0, 5.0, 2.0, 0.0, 0.0, 1.0]
+    )
+    depth_m, intrinsics, problem = depths.for_frame(stamp, 0.05, 0.001, 10**6)
+    assert problem is None and np.allclose(depth_m, 1.5) and intrinsics.fx == 5.0
+    far = depths.for_frame(Time(sec=11), 0.05, 0.001, 10**6)
+    assert far[:2] == (None, None) and 'no depth image within 0.05 s' in far[2]
+    with pytest.raises(ImageConversionError):
+        depths.for_frame(stamp, 0.05, 0.001, 10)  # more pixels than allowed
+    depths.camera_info = CameraInfo(height=4, width=6)  # K all zeros
+    with pytest.raises(GeometryError):
+        depths.for_frame(stamp, 0.05, 0.001, 10**6)
+    depths.clear()
+    assert depths.for_frame(stamp, 0.05, 0.001, 10**6)[:2] == (None, None)
