@@ -2,7 +2,7 @@
 remembered frame a TeachClass request shows (a proposal, a track's proposal on that frame, or
 a drawn mask), teaching it to the predictor, what the answer says of the taught class, and the
 teach.file that keeps the taught classes across restarts. No rclpy node; unit-tested in
-test/ros/test_teach.py.
+test/ros/test_teach_requests.py.
 """
 
 from __future__ import annotations

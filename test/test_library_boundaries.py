@@ -67,3 +67,10 @@ def test_no_library_part_imports_a_layer_above_it():
             if LAYER_OF[other] > LAYER_OF[part]
         ]
     assert upward == []
+
+
+def test_every_test_module_has_a_basename_of_its_own():
+    # pytest imports test modules by basename (rootdir-relative imports are off): two files
+    # of one name in test/ and test/ros/ make the whole run stop at collection.
+    names = [path.name for path in LIBRARY.parent.joinpath('test').rglob('test_*.py')]
+    assert sorted(name for name in set(names) if names.count(name) > 1) == []
