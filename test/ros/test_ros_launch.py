@@ -118,10 +118,12 @@ def test_rviz_view_names_only_what_the_node_publishes() -> None:
     view = yaml.safe_load((ROOT / 'config' / 'masqclip.rviz').read_text())
     displays = view['Visualization Manager']['Displays']
     topics = {display['Topic']['Value'] for display in displays}
-    node_source = (ROOT / 'masqclip_ros' / 'node.py').read_text()
+    from masqclip_ros.node import OUTPUTS
+
     published = {
-        '/masqclip_node/' + name
-        for name in re.findall(r"create_publisher\(\s*[\w.]+,\s*'~/([\w/]+)'", node_source)
+        '/masqclip_node/' + topic.removeprefix('~/')
+        for _, topic, _ in OUTPUTS.values()
+        if topic.startswith('~/')
     }
     assert topics == {'/masqclip_node/overlay', '/masqclip_node/markers'} <= published
     namespaces = {ns for d in displays for ns in d.get('Namespaces', {})}
