@@ -7,12 +7,13 @@ replays ``examples/sequence`` (150 frames of 640x480 colour, registered depth an
 at 10 fps; the demo model's world of colour x fill-pattern objects over grass, sky and water)
 as a camera driver would, at its frame rate; keeps every ``~/overlay`` and ``~/instances``.
 Then it calls ``~/find`` three times on the last segmented frame: a class the ground truth
-shows there, one absent from every frame played, and the first again with the other classes
-in view as negative queries. It writes ``overlay.gif``, ``contact_sheet.png`` (the node's
-overlays: each tracked object in its track's colour, labelled with its track id),
-``find.json`` and ``summary.json`` beside ``node.log``, and prints a summary, with the tracks
-the node saw and their IDF1 and ID switches against the sequence's ground truth. DDS stays on
-loopback unless the environment says otherwise.
+shows there, one absent from every frame played, and the first again with the other classes in
+view as negative queries; and it teaches that object under a new name from an earlier frame
+(``~/teach``) and finds it by that name on the last one. It writes ``overlay.gif``,
+``contact_sheet.png`` (the node's overlays: each tracked object in its track's colour, labelled
+with its track id), ``find.json`` and ``summary.json`` beside ``node.log``, and prints a
+summary, with the tracks the node saw and their IDF1 and ID switches against the sequence's
+ground truth. DDS stays on loopback unless the environment says otherwise.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from masqclip.animation import contact_sheet, evenly_spaced, shrink, write_gif
 from masqclip.evaluation import tracking as evaluation
 from masqclip_ros.conversions import image_msg_to_array
 from masqclip_ros.demo_find import ANSWERED, ask
+from masqclip_ros.demo_teach import teach_and_find
 from masqclip_ros.demo_tracks import track_figures
 from masqclip_ros.node_process import NodeProcess, share_directory
 from masqclip_ros.recorded_sequence import RecordedSequence, load_sequence
@@ -162,6 +164,19 @@ def print_summary(summary: dict, found: dict, out: Path) -> None:
             f'  {answer["kind"]:8} {answer["query"]!r}{negatives}: {answer["status"]}'
             f'{", " + matches if matches else ""}'
         )
+    taught = found['teach']
+    if taught['taught']:
+        best = taught['matches'][:1]
+        matches = '; '.join(f'{m["score"]:.2f} at {m["position"]} m' for m in best)
+        same = 'an object of the class shown' if taught['same_object'] else 'another object'
+        print(
+            f'  teach    {taught["name"]!r} = the {taught["object"]} shown on frame '
+            f'{taught["shown_on_frame"]}; find {taught["name"]!r} on frame '
+            f'{taught["found_on_frame"]}: {taught["status"]}'
+            f'{", " + matches + " (" + same + ")" if matches else ""}'
+        )
+    else:
+        print(f'  teach    not taught: {taught["message"]}')
     files = ', '.join(f'{path.name} ({file_size(path)})' for path in sorted(out.iterdir()))
     print(f'wrote {out}: {files}')
     print(f'node started in {summary["seconds"]["node_start"]} s')
@@ -206,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             print(f'no find asked: {error}', file=sys.stderr)
             return 1
+        found['teach'] = teach_and_find(replay, sequence, args.min_score)
         (args.out / 'find.json').write_text(json.dumps(found, indent=1))
         truth = evaluation.load_sequence(args.sequence)
         segmented = [(number, msg) for _, number, msg in segmented_instances(replay, sequence)]

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from masqclip_ros.msg import InstanceSegmentation
-from masqclip_ros.srv import FindObjects
+from masqclip_ros.srv import FindObjects, TeachClass
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
@@ -91,6 +91,7 @@ class Replay:
             ),
         ]
         self._find = self.node.create_client(FindObjects, f'{node_name}/find')
+        self._teach = self.node.create_client(TeachClass, f'{node_name}/teach')
 
     def _on_overlay(self, msg: Image) -> None:
         self.overlays[stamp_key(msg.header.stamp)] = msg
@@ -165,7 +166,14 @@ class Replay:
 
     def find(self, request: FindObjects.Request, timeout_s: float) -> FindObjects.Response | None:
         """Call ``~/find``; None when no answer came within ``timeout_s``."""
-        future = self._find.call_async(request)
+        return self._call(self._find, request, timeout_s)
+
+    def teach(self, request: TeachClass.Request, timeout_s: float) -> TeachClass.Response | None:
+        """Call ``~/teach``; None when no answer came within ``timeout_s``."""
+        return self._call(self._teach, request, timeout_s)
+
+    def _call(self, client: object, request: object, timeout_s: float) -> object | None:
+        future = client.call_async(request)
         self.spin_until(future.done, timeout_s)
         return future.result() if future.done() else None
 

@@ -124,6 +124,16 @@ def test_find_answers_three_queries_on_the_last_segmented_frame(summary, found):
     assert all(math.isfinite(v) for v in (x, y, z)) and z > 0
 
 
+def test_an_object_of_an_earlier_frame_is_taught_and_found_by_its_new_name(summary, found):
+    taught = found['teach']
+    frames = [frame['frame'] for frame in summary['segmented']]
+    assert taught['found_on_frame'] == frames[-1] and taught['shown_on_frame'] in frames[:-1]
+    # The node segments annotated objects on the first 20 frames: one is shown, and taught.
+    assert taught['taught'], taught['message']
+    assert "taught 'my toy' (class" in taught['message'] and '1 example' in taught['message']
+    assert taught['status'] in ANSWERED and isinstance(taught['same_object'], bool)
+
+
 @pytest.mark.ros
 @pytest.mark.slow
 def test_summary_counts_the_tracks_and_scores_them_against_the_ground_truth(summary) -> None:
