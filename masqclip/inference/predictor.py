@@ -7,6 +7,7 @@ vocabulary-free, so changing the vocabulary or asking a free-text question never
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -127,8 +128,9 @@ class Predictor:
     :param model_config: the architecture's JSON config (preprocess + inference defaults).
     :param device: where the post-processing tensors live.
     :param model_fingerprint: identifies the weights that embed masks
-        (``checkpoint.fingerprint_mask_clip``), which exemplar classes belong to; None: unknown,
-        and exemplar classes are refused.
+        (``checkpoint.fingerprint_mask_clip``), which exemplar classes belong to, or a function
+        that computes it when first needed (hashing CLIP's image tower takes 0.5-1.6 s, which a
+        text-only predictor never needs); None: unknown, and exemplar classes are refused.
     """
 
     def __init__(
@@ -139,10 +141,10 @@ class Predictor:
         model_config: dict,
         device: str = 'cpu',
         cfg: PredictorCfg | None = None,
-        model_fingerprint: str | None = None,
+        model_fingerprint: str | Callable[[], str] | None = None,
     ) -> None:
         self.cfg = cfg or PredictorCfg()
-        self.model_fingerprint = model_fingerprint
+        self._model_fingerprint = model_fingerprint
         self.model_config = model_config
         self.device = torch.device(device)
         self._image_model = image_model
@@ -183,8 +185,14 @@ class Predictor:
             config,
             device=device,
             cfg=PredictorCfg(**options),
-            model_fingerprint=fingerprint_mask_clip(network),
+            model_fingerprint=functools.partial(fingerprint_mask_clip, network),
         )
+
+    @functools.cached_property
+    def model_fingerprint(self) -> str | None:
+        """The fingerprint exemplar classes of this predictor carry (see the constructor)."""
+        given = self._model_fingerprint
+        return given() if callable(given) else given
 
     @property
     def vocabulary(self) -> Vocabulary:
@@ -271,7 +279,8 @@ class Predictor:
         ]
 
     def _activate(self, vocabulary: Vocabulary) -> _ActiveVocabulary:
-        check_models(vocabulary.entries, self.model_fingerprint)
+        if any(entry.exemplar is not None for entry in vocabulary.entries):
+            check_models(vocabulary.entries, self.model_fingerprint)
         text = self.text_cache.embed_entries(vocabulary.entries).to(self.device)
         is_thing = torch.tensor(vocabulary.is_thing, dtype=torch.bool, device=self.device)
         return _ActiveVocabulary(vocabulary, text, is_thing)
