@@ -1,5 +1,6 @@
-"""Print the demo's results table (markdown) from the metrics JSONs scripts/train_demo.sh
-writes. Usage: demo_table.py OUT"""
+"""Print the demo's results tables (markdown) from the metrics JSONs scripts/train_demo.sh
+writes: the method's rows, the proposers' recall, and the shipped model on camera-sized frames.
+Usage: demo_table.py OUT"""
 
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ RECALL_ROWS = {
     'teacher_only': 'teacher trained 4000 steps (ablation)',
     'student': 'student (teacher + 1500 distillation steps)',
 }
+CAMERA_ROWS = {
+    'tuned_student': '64x64 scenes (300, seed 2)',
+    'camera_test_640x480': '640x480 scenes (100, seed 2)',
+    'camera_example_sequence': 'examples/sequence (150 frames, seed 10)',
+    'camera_test_sequence11': 'sequence of seed 11 (150 frames)',
+    'camera_test_sequences': '30 sequences, seeds 11-40 (every 30th frame: 150)',
+}
 SPLITS = ('_base', '_novel', '')
 
 
@@ -30,15 +38,16 @@ def main(out: str) -> None:
     def load(name: str) -> dict:
         return json.loads((Path(out) / f'metrics_{name}.json').read_text())
 
-    header = ['model', 'PQ base / novel / all', 'mIoU base / novel / all', 'AP base / novel / all']
-    print('| ' + ' | '.join(header) + ' |\n|' + '---|' * len(header))
-    for name, label in ROWS.items():
-        metrics = load(name)
-        cells = [
+    def splits(metrics: dict) -> list[str]:
+        return [
             ' / '.join(percent(metrics, f'{prefix}{split}') for split in SPLITS)
             for prefix in ('panoptic/PQ', 'semantic/mIoU', 'segm/AP')
         ]
-        print(f'| {label} | ' + ' | '.join(cells) + ' |')
+
+    header = ['model', 'PQ base / novel / all', 'mIoU base / novel / all', 'AP base / novel / all']
+    print('| ' + ' | '.join(header) + ' |\n|' + '---|' * len(header))
+    for name, label in ROWS.items():
+        print(f'| {label} | ' + ' | '.join(splits(load(name))) + ' |')
     print('\n| proposer | recall@IoU0.5 base / novel | recall@IoU0.75 base / novel |')
     print('|---|---|---|')
     for name, label in RECALL_ROWS.items():
@@ -48,6 +57,13 @@ def main(out: str) -> None:
             for t in (50, 75)
         ]
         print(f'| {label} | ' + ' | '.join(cells) + ' |')
+    header = ['shipped model on', 'PQ base / novel / all', 'mIoU base / novel / all',
+              'AP base / novel / all', 'PQ things / stuff']  # fmt: skip
+    print('\n| ' + ' | '.join(header) + ' |\n|' + '---|' * len(header))
+    for name, label in CAMERA_ROWS.items():
+        metrics = load(name)
+        things = ' / '.join(percent(metrics, f'panoptic/PQ_{k}') for k in ('th', 'st'))
+        print(f'| {label} | ' + ' | '.join([*splits(metrics), things]) + ' |')
 
 
 if __name__ == '__main__':

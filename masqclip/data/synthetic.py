@@ -21,7 +21,7 @@ import argparse
 import functools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -691,6 +691,26 @@ def write_dataset(
     :param split: base / novel thing names (each one of ``THING_NAMES``).
     :return: the paths written.
     """
+    scenes = (generate_scene(np.random.default_rng([seed, i]), cfg) for i in range(num_images))
+    info = {'description': 'masqclip procedural scenes', 'seed': seed}
+    return write_scenes(out_dir, scenes, info, split)
+
+
+def write_scenes(
+    out_dir: str | Path,
+    scenes: Iterable[Scene],
+    info: dict,
+    split: CategorySplit = DEFAULT_SPLIT,
+) -> SyntheticPaths:
+    """Write scenes (of any sizes, e.g. scenes and sequence frames mixed) as
+    ``write_dataset`` does, with the open-vocabulary training files.
+
+    :param out_dir: the dataset folder (created; existing files are overwritten).
+    :param scenes: image ``i`` (id ``i + 1``) is the ``i``-th scene.
+    :param info: the JSONs' ``info``.
+    :param split: base / novel thing names (each one of ``THING_NAMES``).
+    :return: the paths written.
+    """
     check_split(split)
     root = Path(out_dir)
     paths = SyntheticPaths(
@@ -699,9 +719,8 @@ def write_dataset(
         ov_split={},
     )
     writer = CocoWriter(paths)
-    for i in range(num_images):
-        writer.add(generate_scene(np.random.default_rng([seed, i]), cfg))
-    info = {'description': 'masqclip procedural scenes', 'seed': seed}
+    for scene in scenes:
+        writer.add(scene)
     all_categories = writer.close(info, split)
     # Base things and all stuff: the panoptic training set of the open-vocabulary setting.
     # Novel objects stay in the images and PNGs but, unlisted, read as void (unannotated).

@@ -7,8 +7,10 @@ are captioned with its name alone, the form the vocabulary's raw class names tak
 time (method.md 1.6); the others carry the generator's caption, e.g. "red striped, blue
 dotted on grass and sky", which also teaches the stuff names. The loss is CLIP's symmetric
 InfoNCE with its learnable temperature; identical captions in a batch count as positives of
-one another (see ``contrastive_loss``). Settings: ``masqclip/recipes/demo_clip.yaml``; what
-was measured with them: design/demo-notes.md.
+one another (see ``contrastive_loss``). A share of the images are camera views
+(``CameraViews``): frames like the ROS node's, as the model's CLIP receives them. Settings:
+``masqclip/recipes/demo_clip.yaml``; what was measured with them: design/demo-notes.md and
+docs/demo_model.md.
 
 Files in the run folder: ``config.yaml``, ``last.pt`` (resumable), ``metrics.csv``,
 ``eval.csv`` (zero-shot accuracy), ``curves.png`` (``run.py``); the weights, a plain open_clip
@@ -37,9 +39,11 @@ from torch import Tensor
 from masqclip.checkpoint import cast_floating, write_atomically
 from masqclip.data.synthetic import CATEGORIES, STUFF_NAMES, THING_NAMES, SceneCfg, generate_scene
 from masqclip.factory import get_model_config
+from masqclip.inference.transforms import ResizeSpec
 from masqclip.modeling.mask_clip import build_clip
 from masqclip.modeling.masqclip import CLIP_MEAN, CLIP_STD
 from masqclip.training import distributed, engine
+from masqclip.training.data import camera_frame, camera_input, clip_view
 from masqclip.training.recipe import RecipeError, require
 from masqclip.training.run import Run, resolve_recipe, setup_process
 
@@ -88,37 +92,79 @@ class ZeroShotSet:
     class_names: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class CameraViews:
+    """Camera frames among the training images, seen as the model's CLIP sees them.
+
+    A 640x480 frame reaches CLIP as the padded network input squashed to CLIP's square
+    (``MasQCLIP.clip_input``; the demo model: an 85 x 64 frame on a black 96 x 64 canvas,
+    squashed to 64 x 64). A CLIP trained on square scenes alone misreads fill patterns
+    squashed so (docs/demo_model.md). The frames come from ``data.camera_frame``.
+
+    :param fraction: the share of the training images that are camera views.
+    :param spec: how a camera frame maps onto the network input (``data.camera_input``).
+    """
+
+    fraction: float
+    spec: ResizeSpec
+
+
+def normalise(images: Tensor) -> Tensor:
+    """CLIP's normalisation of float [N, 3, S, S] RGB in 0-1, as ``MasQCLIP.clip_input``."""
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
 def images_to_tensor(images: Sequence[np.ndarray]) -> Tensor:
     """Stack uint8 RGB images into CLIP's input, normalised as ``MasQCLIP.clip_input`` does.
 
     :param images: N uint8 (S, S, 3) RGB arrays.
     :return: float [N, 3, S, S].
     """
-    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (batch - mean) / std
+    return normalise(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0)
+
+
+def camera_view(frame: np.ndarray, spec: ResizeSpec, size: int) -> Tensor:
+    """A camera frame as CLIP's normalised input (``data.clip_view``, then ``normalise``).
+
+    :param frame: uint8 (h, w, 3) RGB, at the network input's size ``spec.resized``.
+    :param size: the side of CLIP's input.
+    :return: float [3, size, size].
+    """
+    return normalise(clip_view(frame, spec, size)[None] / 255.0)[0]
 
 
 def caption_scene(
-    rng: np.random.Generator, image_size: int, single_fraction: float, max_objects: int
-) -> tuple[np.ndarray, str]:
-    """Draw one training scene and its caption.
+    rng: np.random.Generator,
+    image_size: int,
+    single_fraction: float,
+    max_objects: int,
+    camera: CameraViews | None = None,
+) -> tuple[Tensor, str]:
+    """Draw one training image and its caption.
 
     :param rng: the random generator.
-    :param image_size: the side of the square image.
-    :param single_fraction: probability of a single-object scene captioned with the object's
+    :param image_size: the side of CLIP's square input.
+    :param single_fraction: probability of a single-object image captioned with the object's
         name alone; otherwise 1 to ``max_objects`` objects with the generator's caption.
-    :param max_objects: most objects in a multi-object scene.
-    :return: uint8 (S, S, 3) RGB image and its caption.
+    :param max_objects: most objects in a multi-object image.
+    :param camera: with probability ``camera.fraction`` the image is a camera view (whose
+        objects may all be out of view: the caption then names the stuff); None = never.
+    :return: float [3, S, S] CLIP's (normalised) input and its caption.
     """
     single = rng.random() < single_fraction
-    cfg = SceneCfg(image_size, image_size, 1, 1 if single else max_objects)
-    scene = generate_scene(rng, cfg)
+    objects = 1 if single else max_objects
+    if camera is not None and rng.random() < camera.fraction:
+        scene = camera_frame(rng, camera.spec.resized, 1, objects)
+        image = camera_view(scene.image, camera.spec, image_size)
+    else:
+        scene = generate_scene(rng, SceneCfg(image_size, image_size, 1, objects))
+        image = images_to_tensor([scene.image])[0]
     things = [CATEGORIES[s.category_id - 1].name for s in scene.segments if s.is_thing]
     if single and len(things) == 1:
-        return scene.image, things[0]
-    return scene.image, scene.caption
+        return image, things[0]
+    return image, scene.caption
 
 
 def caption_batches(
@@ -129,8 +175,9 @@ def caption_batches(
     max_objects: int,
     seed: int,
     start_step: int,
+    camera: CameraViews | None = None,
 ) -> Iterator[CaptionBatch]:
-    """An endless stream of captioned scene batches, starting at ``start_step``.
+    """An endless stream of captioned image batches, starting at ``start_step``.
 
     Step k's batch is drawn from ``np.random.default_rng([seed, k])``, so a resumed run sees
     exactly the batches an uninterrupted one would.
@@ -142,12 +189,13 @@ def caption_batches(
     while True:
         rng = np.random.default_rng([seed, step])
         drawn = [
-            caption_scene(rng, image_size, single_fraction, max_objects) for _ in range(batch_size)
+            caption_scene(rng, image_size, single_fraction, max_objects, camera)
+            for _ in range(batch_size)
         ]
         captions = [caption for _, caption in drawn]
         ids = {caption: i for i, caption in enumerate(dict.fromkeys(captions))}
         yield CaptionBatch(
-            images_to_tensor([image for image, _ in drawn]),
+            torch.stack([image for image, _ in drawn]),
             tokenizer(captions),
             torch.tensor([ids[c] for c in captions]),
         )
@@ -177,33 +225,47 @@ def contrastive_loss(
 
 
 def make_zero_shot_sets(
-    image_size: int, num_things: int, num_stuff: int, seed: int
+    image_size: int,
+    num_things: int,
+    num_stuff: int,
+    seed: int,
+    num_camera: int = 0,
+    camera: ResizeSpec | None = None,
 ) -> dict[str, ZeroShotSet]:
-    """Held-out scenes: single objects among the 25 thing names, single stuff among 4.
+    """Held-out images: single objects among the 25 thing names, single stuff among 4, and
+    camera views of a single object (partly out of view or not) among the 25.
 
     :param image_size: the side of the square images.
-    :param num_things: images with exactly one object; 0 = none.
-    :param num_stuff: images of one stuff region and no object; 0 = none.
-    :param seed: the run's seed (the scenes come from a stream training never draws from).
-    :return: ``{'things': ..., 'stuff': ...}``, the sets asked for.
+    :param num_things: scenes with exactly one object; 0 = none.
+    :param num_stuff: scenes of one stuff region and no object; 0 = none.
+    :param seed: the run's seed (the images come from a stream training never draws from).
+    :param num_camera: camera views with exactly one object in view; 0 = none.
+    :param camera: how a camera frame maps onto the network input (needed for camera views).
+    :return: ``{'things': ..., 'stuff': ..., 'camera': ...}``, the sets asked for.
     """
     rng = np.random.default_rng([seed, _EVAL_STREAM])
     sets: dict[str, ZeroShotSet] = {}
     plans = (
         ('things', num_things, SceneCfg(image_size, image_size, 1, 1), THING_NAMES),
         ('stuff', num_stuff, SceneCfg(image_size, image_size, 0, 0, 1, 1), STUFF_NAMES),
+        ('camera', num_camera, camera, THING_NAMES),
     )
     for name, count, cfg, names in plans:
         images, labels = [], []
         while len(images) < count:
-            scene = generate_scene(rng, cfg)
-            wanted = [s for s in scene.segments if s.is_thing == (name == 'things')]
+            if name == 'camera':
+                scene = camera_frame(rng, cfg.resized, 1, 1)
+                image = camera_view(scene.image, cfg, image_size)
+            else:
+                scene = generate_scene(rng, cfg)
+                image = images_to_tensor([scene.image])[0]
+            wanted = [s for s in scene.segments if s.is_thing == (name != 'stuff')]
             if len(wanted) != 1:
                 continue
-            images.append(scene.image)
+            images.append(image)
             labels.append(names.index(CATEGORIES[wanted[0].category_id - 1].name))
         if count:
-            sets[name] = ZeroShotSet(images_to_tensor(images), torch.tensor(labels), names)
+            sets[name] = ZeroShotSet(torch.stack(images), torch.tensor(labels), names)
     return sets
 
 
@@ -280,8 +342,9 @@ def train_clip(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
     """
     require(recipe, *SECTIONS)
     model_cfg, data, train, eval_cfg = (recipe[k] for k in SECTIONS)
-    if not 0.0 <= float(data['single_object_fraction']) <= 1.0:
-        raise RecipeError('data.single_object_fraction must be between 0 and 1')
+    for key in ('single_object_fraction', 'camera_fraction'):
+        if not 0.0 <= float(data[key]) <= 1.0:
+            raise RecipeError(f'data.{key} must be between 0 and 1')
     if distributed.launched():
         raise RuntimeError('CLIP pretraining runs in one process: start it without torchrun')
     device = setup_process(train)
@@ -296,8 +359,14 @@ def train_clip(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
         clip.logit_scale.fill_(math.log(init_scale))
     image_size = int(clip.visual.image_size[0])
     tokenizer = SimpleTokenizer(context_length=clip.context_length)
+    camera = CameraViews(float(data['camera_fraction']), camera_input(config))
     eval_sets = make_zero_shot_sets(
-        image_size, int(eval_cfg['num_things']), int(eval_cfg['num_stuff']), seed
+        image_size,
+        int(eval_cfg['num_things']),
+        int(eval_cfg['num_stuff']),
+        seed,
+        int(eval_cfg['num_camera']),
+        camera.spec,
     )
 
     def encode_text(names: list[str]) -> Tensor:
@@ -334,6 +403,7 @@ def train_clip(recipe: dict, run_dir: Path, resume: bool = False) -> Path:
         int(data['max_objects']),
         seed,
         run.steps_done(0),
+        camera,
     )
 
     def step_fn(batch: CaptionBatch) -> tuple[Tensor, dict[str, float]]:

@@ -8,6 +8,10 @@ points its loss samples (``Batch.generators``). Optimiser step s consumes positi
 steps: each of the world_size x accumulation micro-batches takes a disjoint share. So a run
 resumed at step k sees exactly the images, crops and points an uninterrupted run would have,
 and a run on N processes computes the same global batch as one process does.
+
+Camera frames (``camera_frame``): what a camera sends the ROS node, frames of a moving
+sequence (objects partly out of view, occluding one another), drawn directly at the size the
+network input gives them (``camera_input``), for training sets that also hold such frames.
 """
 
 from __future__ import annotations
@@ -19,13 +23,20 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from masqclip.data.augment import LsjCfg, large_scale_jitter
 from masqclip.data.coco import CocoDataset, load_coco_instances, load_coco_panoptic
 from masqclip.data.ov_split import CategorySplit, load_split
+from masqclip.data.sequences import SequenceCfg, cli_cfg, plan_sequence, render_frame
+from masqclip.data.synthetic import Scene
+from masqclip.inference.transforms import PreprocessCfg, ResizeSpec
 from masqclip.modeling.proposer import SIZE_DIVISIBILITY
+
+CAMERA_SIZE = (SequenceCfg().scene.height, SequenceCfg().scene.width)
+"""(height, width) of a camera frame: (480, 640), the frames of examples/sequence."""
 
 
 class DatasetPathError(FileNotFoundError):
@@ -114,6 +125,36 @@ def lsj_from_recipe(data: Mapping[str, Any]) -> LsjCfg:
         flip_prob=float(data['flip_prob']),
         pad_value=int(data['pad_value']),
     )
+
+
+def camera_input(config: Mapping[str, Any]) -> ResizeSpec:
+    """How an architecture's preprocessing maps a ``CAMERA_SIZE`` frame onto its input (the
+    demo model: resized to (64, 85), padded to (64, 96), as (height, width))."""
+    return PreprocessCfg.of(config).plan(*CAMERA_SIZE)
+
+
+def camera_frame(
+    rng: np.random.Generator, size: tuple[int, int], min_objects: int, max_objects: int
+) -> Scene:
+    """One frame, at a random time, of a random sequence (``masqclip.data.sequences`` with
+    its default motion), drawn at ``size`` (height, width) with min..max objects."""
+    cfg = cli_cfg(*size, min_objects, max_objects, SequenceCfg.fps, SequenceCfg.seconds)
+    plan = plan_sequence(rng, cfg)
+    return render_frame(plan, int(rng.integers(cfg.num_frames))).scene
+
+
+def clip_view(image: np.ndarray, spec: ResizeSpec, size: int) -> Tensor:
+    """An image as ``MasQCLIP.clip_input`` receives it from the network input: at the top
+    left of a black canvas of the padded size, squashed to CLIP's square (bicubic).
+
+    :param image: uint8 (h, w, 3) RGB at the network input's size ``spec.resized``.
+    :param size: the side of CLIP's input.
+    :return: float [3, size, size], RGB 0-255 (bicubic may overshoot), not normalised.
+    """
+    h, w = spec.resized
+    canvas = torch.zeros(1, 3, *spec.padded)
+    canvas[0, :, :h, :w] = torch.from_numpy(image).permute(2, 0, 1)
+    return F.interpolate(canvas, size=(size, size), mode='bicubic', align_corners=False)[0]
 
 
 def sample_seed(seed: int, position: int) -> int:
