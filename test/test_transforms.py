@@ -10,6 +10,7 @@ from PIL import Image
 from masqclip.inference import postprocess
 from masqclip.inference.postprocess import (
     ImageSizeMaskLogits,
+    cropped_mask,
     instance_inference,
     panoptic_inference,
 )
@@ -17,6 +18,7 @@ from masqclip.inference.transforms import (
     image_to_tensor,
     mask_logits_to_image,
     plan_resize,
+    resize_axes,
 )
 
 EXAMPLES = Path(__file__).resolve().parents[1] / 'examples'
@@ -76,15 +78,51 @@ def test_shrinking_is_antialiased():
     assert np.abs(content - 127.5).max() < 30
 
 
+@pytest.mark.parametrize(
+    'image_size, geometry',
+    [
+        ((70, 85), (64, 128, 32)),  # padded, then resized back up
+        ((480, 640), (480, 640, 32)),  # the network input is the frame itself
+        ((480, 640), (64, 128, 32)),  # the demo model on a camera frame
+        ((2160, 3840), (480, 1333, 32)),  # 4K
+    ],
+)
+def test_resize_axes_are_mask_logits_to_image(image_size, geometry):
+    spec = plan_resize(*image_size, *geometry)
+    low_res = torch.randn(3, spec.padded[0] // 4, spec.padded[1] // 4) * 3
+    rows, cols = resize_axes(spec, tuple(low_res.shape[-2:]))
+    dense = mask_logits_to_image(low_res, spec)
+    torch.testing.assert_close(rows.weights @ low_res @ cols.weights.T, dense, atol=1e-5, rtol=0)
+    for axis in (rows, cols):
+        assert (axis.weights >= 0).all()  # what lets a crop read only its band
+        used = axis.weights > 0
+        for inputs in (torch.rand(used.shape[1]) < 0.1, torch.zeros(used.shape[1], dtype=bool)):
+            reached = used[:, inputs].any(dim=1).nonzero().flatten().tolist()
+            first, end = axis.outputs_reached(inputs)
+            assert list(range(first, end)) == list(
+                range(reached[0], reached[-1] + 1) if reached else []
+            )
+        read = used[10:30].any(dim=0).nonzero().flatten().tolist()
+        assert axis.inputs_read(10, 30) == (read[0], read[-1] + 1)
+
+
 def test_image_size_mask_logits_equal_one_resize_of_all_proposals():
     torch.manual_seed(0)
     low_res = torch.randn(7, 16, 24) * 3
+    low_res[3] = -1.0  # an empty mask
+    low_res[4] = -1.0
+    low_res[4, 5, 7] = 2.0  # a mask of one low-resolution cell
+    low_res[5] = -2.0
+    low_res[5, 3:7, 4:10] = torch.rand(4, 6) * 3  # a compact object: a window read
     spec = plan_resize(70, 85, 64, 128, 32)
     dense = mask_logits_to_image(low_res, spec)
     lazy = ImageSizeMaskLogits(low_res, spec)
     assert lazy.shape == tuple(dense.shape) and len(lazy) == 7
     for query in range(7):
-        assert torch.equal(lazy[query], dense[query])
+        torch.testing.assert_close(lazy[query], dense[query], atol=1e-5, rtol=0)
+        want, got = cropped_mask(dense[query]), lazy.cropped(query)
+        assert got[0] == pytest.approx(want[0], abs=1e-6)
+        assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
     # Post-processing one proposal at a time gives what it gives on all of them at once.
     scores = torch.rand(7, 3)
     is_thing = torch.tensor([True, False, True])
@@ -104,13 +142,19 @@ def test_instance_inference_reuses_the_crops_panoptic_inference_made(monkeypatch
     spec = plan_resize(70, 85, 64, 128, 32)
     scores, is_thing = torch.rand(7, 3), torch.tensor([True, False, True])
     want = instance_inference(scores, mask_logits_to_image(low_res, spec), 10, is_thing)
-    resized = []
+    resized = []  # every full read and every window read
 
-    def counting(logits, spec):
-        resized.append(logits.shape[0])
+    def counting_full(logits, spec):
+        resized.append('full')
         return mask_logits_to_image(logits, spec)
 
-    monkeypatch.setattr(postprocess, 'mask_logits_to_image', counting)
+    def counting_window(self, query, rows, cols):
+        resized.append('window')
+        return resize_window(self, query, rows, cols)
+
+    resize_window = ImageSizeMaskLogits._resize_window
+    monkeypatch.setattr(postprocess, 'mask_logits_to_image', counting_full)
+    monkeypatch.setattr(ImageSizeMaskLogits, '_resize_window', counting_window)
     _, candidates, _ = postprocess.top_instance_pairs(scores, 10, is_thing)
     lazy = ImageSizeMaskLogits(low_res, spec, keep_crops=candidates.tolist())
     _, segments = panoptic_inference(scores, lazy, is_thing, 0.0, 0.0)

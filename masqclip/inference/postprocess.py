@@ -10,29 +10,33 @@ full-size mask logits one proposal at a time (``mask_logits[q]``), so they accep
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
 
 from masqclip.inference.results import UNLABELED
-from masqclip.inference.transforms import ResizeSpec, mask_logits_to_image
+from masqclip.inference.transforms import ResizeSpec, mask_logits_to_image, resize_axes
 from masqclip.modeling.masqclip import CLIP_LOGIT_SCALE, clip_logits
 
 
 class ImageSizeMaskLogits:
     """Mask logits [Q, Hp/4, Wp/4] read one proposal at a time at the original image size
-    (``mask_logits_to_image``), so post-processing never holds Q full-size maps: at 4096 x
-    4096 those are 64 MiB each.
+    (``mask_logits_to_image``), so post-processing never holds Q full-size maps: at 4096 x 4096
+    those are 64 MiB each.
 
     Quacks like a (Q, H, W) tensor for the post-processing functions: ``shape``, ``ndim``,
     ``len`` and ``[query]`` (bilinear resizing treats each proposal independently, so a
     proposal read alone equals its slice of the whole resize).
 
-    Resizing is most of post-processing's cost on a large frame, and panoptic and instance
-    inference read mostly the same proposals: the ``keep_crops`` proposals keep their
-    ``cropped_mask`` (a box-sized crop, not a full map) when first read, so instance
-    inference after panoptic inference resizes only the proposals panoptic did not read.
+    ``cropped(query)`` is what instances need: the binary mask's box, the crop inside it and
+    its mean sigmoid. Only low-resolution cells with a positive logit can make a positive pixel
+    (the resize weights are >= 0), so a compact mask resizes just the box those cells reach, as
+    ``rows @ logits @ cols.T`` with the matrices of ``resize_axes`` (equal to the full resize
+    to float32 rounding, 2e-6 on logits of a few units): an object covering a tenth of the frame
+    costs about a tenth of a full read. The ``keep_crops`` proposals (the instance candidates)
+    keep their crop when panoptic inference reads them whole.
 
     :param keep_crops: proposals whose crops to keep (the instance candidates).
     """
@@ -44,6 +48,8 @@ class ImageSizeMaskLogits:
     ) -> None:
         self.low_res = mask_logits
         self.spec = spec
+        rows, cols = resize_axes(spec, tuple(mask_logits.shape[-2:]))
+        self._rows, self._cols = rows.to(mask_logits.device), cols.to(mask_logits.device)
         self._keep_crops = frozenset(keep_crops)
         self._crops: dict[int, tuple[float, torch.Tensor, torch.Tensor]] = {}
 
@@ -62,12 +68,62 @@ class ImageSizeMaskLogits:
         """float (H, W) logits of one proposal at the original image size."""
         logits = mask_logits_to_image(self.low_res[query : query + 1], self.spec)[0]
         if query in self._keep_crops and query not in self._crops:
-            self._crops[query] = cropped_mask(logits)
+            self._crops[query] = self._crop(query, logits)
         return logits
 
     def cropped(self, query: int) -> tuple[float, torch.Tensor, torch.Tensor]:
-        """``cropped_mask`` of one proposal, resized only if no earlier read kept it."""
-        return self._crops.get(query) or cropped_mask(self[query])
+        """``cropped_mask`` of one proposal's full-size logits, mostly without making them."""
+        return self._crops.get(query) or self._crop(query)
+
+    def _crop(
+        self, query: int, full_size: torch.Tensor | None = None
+    ) -> tuple[float, torch.Tensor, torch.Tensor]:
+        # The full-size rows and columns a positive low-resolution logit reaches: every
+        # positive pixel lies inside.
+        support = self.low_res[query] > 0
+        y0, y1 = self._rows.outputs_reached(support.any(dim=1))
+        x0, x1 = self._cols.outputs_reached(support.any(dim=0))
+        if y0 >= y1 or x0 >= x1:
+            return cropped_mask(self.low_res.new_zeros((0, 0)))  # the empty mask's values
+        if full_size is None and (y1 - y0) * (x1 - x0) > _FULL_READ_AREA * math.prod(
+            self.spec.original
+        ):
+            full_size = self[query]
+        if full_size is None:
+            window = self._resize_window(query, (y0, y1), (x0, x1))
+        else:
+            window = full_size[y0:y1, x0:x1]
+        quality, box, crop = cropped_mask(window)
+        if crop.numel():
+            box = box + torch.tensor([x0, y0, x0, y0], dtype=box.dtype, device=box.device)
+        return quality, box, crop
+
+    def _resize_window(
+        self, query: int, rows: tuple[int, int], cols: tuple[int, int]
+    ) -> torch.Tensor:
+        """The full-size logits of rows [y0, y1) x columns [x0, x1), from just the
+        low-resolution cells they read."""
+        (y0, y1), (x0, x1) = rows, cols
+        (i0, i1), (j0, j1) = self._rows.inputs_read(y0, y1), self._cols.inputs_read(x0, x1)
+        return torch.linalg.multi_dot(
+            (
+                self._rows.weights[y0:y1, i0:i1],
+                self.low_res[query, i0:i1, j0:j1].float(),
+                self._cols.weights[x0:x1, j0:j1].T,
+            )
+        )
+
+
+_FULL_READ_AREA = 0.25
+"""Above this share of the frame, a window's matrix product costs more than one bilinear
+resize of the whole proposal (which touches 2-3 low-resolution cells per pixel, where the
+product touches every cell of the window's rows and columns): read it whole and slice."""
+
+
+def _span(flags: torch.Tensor) -> tuple[int, int]:
+    """[first, last + 1) of the True entries of a non-empty-True 1-D bool tensor."""
+    where = flags.nonzero().flatten()
+    return int(where[0]), int(where[-1]) + 1
 
 
 @dataclass(frozen=True)
@@ -436,13 +492,18 @@ def cropped_mask(logits: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tenso
     the crop inside it, with its mean sigmoid inside the mask (0 for an empty mask).
 
     :param logits: float (H, W).
-    :return: (mean sigmoid inside, float32 (4,) box, bool crop).
+    :return: (mean sigmoid inside, float32 (4,) box as ``masks_to_boxes`` gives it, bool crop).
     """
     mask = logits > 0
-    mean_inside = float(mean_sigmoid_inside(logits[None])[0])
-    box = masks_to_boxes(mask[None])[0]
-    x0, y0, x1, y1 = (int(v) for v in box.tolist())
-    return mean_inside, box, mask[y0:y1, x0:x1].clone()  # the clone frees the full mask
+    rows, cols = mask.any(dim=1), mask.any(dim=0)
+    if not rows.any():
+        return 0.0, torch.zeros(4, device=logits.device), mask[:0, :0].clone()
+    (y0, y1), (x0, x1) = _span(rows), _span(cols)
+    crop = mask[y0:y1, x0:x1].clone()  # the clone frees the full mask
+    # The sigmoid of the box only: every pixel of the mask is inside it.
+    mean_inside = float(mean_sigmoid_inside(logits[None, y0:y1, x0:x1])[0])
+    box = torch.tensor([x0, y0, x1, y1], dtype=torch.float32, device=logits.device)
+    return mean_inside, box, crop
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:

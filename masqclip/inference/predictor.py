@@ -28,7 +28,6 @@ from masqclip.inference.known_words import KnownWords
 from masqclip.inference.postprocess import (
     ImageSizeMaskLogits,
     classify_masks,
-    cropped_mask,
     instance_inference,
     mask_overlaps,
     mean_sigmoid_inside,
@@ -426,7 +425,7 @@ class Predictor:
         full_logits = ImageSizeMaskLogits(torch.from_numpy(proposals.mask_logits), proposals.spec)
         matches = []
         for q in chosen:
-            mask = proposals.rendered.get(q) or _render(full_logits[q])
+            mask = proposals.rendered.get(q) or _render(*full_logits.cropped(q))
             score = float(class_scores[q]) * mask.quality
             if score >= min_score and score > 0:  # > 0: a faint mask may vanish at full size
                 matches.append(
@@ -550,9 +549,8 @@ class _ActiveVocabulary:
     is_thing: torch.Tensor
 
 
-def _render(logits: torch.Tensor) -> RenderedMask:
-    """A proposal's RenderedMask from its full-size (H, W) logits."""
-    quality, box, crop = cropped_mask(logits)
+def _render(quality: float, box: torch.Tensor, crop: torch.Tensor) -> RenderedMask:
+    """A proposal's RenderedMask from its ``cropped_mask``."""
     return RenderedMask(quality, box.cpu().numpy(), crop.cpu().numpy())
 
 

@@ -10,6 +10,7 @@ of the padded size and are mapped back to the original image here.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -156,3 +157,85 @@ def mask_logits_to_image(mask_logits: torch.Tensor, spec: ResizeSpec) -> torch.T
     if spec.resized != spec.original:
         logits = F.interpolate(logits, size=spec.original, mode='bilinear', align_corners=False)
     return logits[0]
+
+
+@dataclass(frozen=True, eq=False)
+class AxisResize:
+    """One axis of ``mask_logits_to_image`` as a matrix: along this axis, the full-size
+    logits are ``weights @ low_res``. The weights are >= 0 with a few non-zeros per row, so a
+    box of the output reads only a band of the input, and a positive output needs a positive
+    input in its band.
+
+    :param weights: float32 (n, low).
+    :param reach: int64 (2, low), the outputs [first, end) each input sample has weight in;
+        (n, 0) for one that reaches none (padding).
+    :param reads: int64 (2, n), the inputs [first, end) each output sample reads.
+    """
+
+    weights: torch.Tensor
+    reach: torch.Tensor
+    reads: torch.Tensor
+
+    @classmethod
+    def of(cls, weights: torch.Tensor) -> AxisResize:
+        size, low = weights.shape
+        used = weights > 0
+        outputs, inputs = torch.arange(size)[:, None], torch.arange(low)[None]
+        reach = torch.stack(
+            [
+                torch.where(used, outputs, size).amin(dim=0),
+                torch.where(used, outputs + 1, 0).amax(dim=0),
+            ]
+        )
+        reads = torch.stack(
+            [
+                torch.where(used, inputs, low).amin(dim=1),
+                torch.where(used, inputs + 1, 0).amax(dim=1),
+            ]
+        )
+        return cls(weights, reach, reads)
+
+    def to(self, device: torch.device) -> AxisResize:
+        return AxisResize(self.weights.to(device), self.reach.to(device), self.reads.to(device))
+
+    def outputs_reached(self, inputs: torch.Tensor) -> tuple[int, int]:
+        """[first, end) of the outputs any of the flagged inputs (bool (low,)) has weight in;
+        empty (first >= end) when none does."""
+        if not inputs.any():
+            return 0, 0
+        return int(self.reach[0, inputs].min()), int(self.reach[1, inputs].max())
+
+    def inputs_read(self, first: int, end: int) -> tuple[int, int]:
+        """[first, end) of the inputs the outputs [first, end) read."""
+        return int(self.reads[0, first:end].min()), int(self.reads[1, first:end].max())
+
+
+@functools.lru_cache(maxsize=8)
+def resize_axes(spec: ResizeSpec, low_res: tuple[int, int]) -> tuple[AxisResize, AxisResize]:
+    """``mask_logits_to_image`` as two matrices, rows (H, h) and columns (W, w), with
+    ``mask_logits_to_image(L)[q] == rows @ L[q] @ cols.T`` to float32 rounding, for
+    (h, w) = ``low_res``.
+
+    Bilinear resizing is separable, and both resizes and the crop between them are linear, so
+    each axis is one matrix. Cached per geometry (a camera stream has one); the tensors are
+    shared, so never modify them.
+    """
+    return tuple(
+        AxisResize.of(_axis_weights(*sizes))
+        for sizes in zip(low_res, spec.padded, spec.resized, spec.original, strict=True)
+    )
+
+
+def _axis_weights(low: int, padded: int, resized: int, original: int) -> torch.Tensor:
+    """float32 (original, low): the 1-D linear resizes low -> padded, crop, -> original."""
+    weights = _linear_resize_matrix(low, padded)[:resized]
+    if resized != original:
+        weights = _linear_resize_matrix(resized, original) @ weights
+    return weights
+
+
+def _linear_resize_matrix(size: int, new_size: int) -> torch.Tensor:
+    """float32 (new_size, size): row i holds the weights F.interpolate (linear,
+    align_corners=False) gives each input sample for output sample i."""
+    basis = torch.eye(size)[None]  # channel c is the c-th unit vector
+    return F.interpolate(basis, size=new_size, mode='linear', align_corners=False)[0].T
