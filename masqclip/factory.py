@@ -16,10 +16,12 @@ from masqclip.checkpoint import (
     load_clip_weights,
 )
 from masqclip.export import DEFAULT_CACHE_DIR, build_image_model, network_input_size
+from masqclip.export.inductor import InductorImageModel
 from masqclip.inference.predictor import Predictor, PredictorCfg
+from masqclip.inference.transforms import PreprocessCfg
 from masqclip.modeling.mask_clip import MaskCLIPVisual, build_clip
 from masqclip.modeling.masqclip import MasQCLIP
-from masqclip.modeling.precision import check_precision
+from masqclip.modeling.precision import TORCH_BACKENDS, check_precision, torch_image_model
 from masqclip.modeling.proposer import MaskProposer, build_proposer
 from masqclip.modeling.text_encoder import TextEncoder
 
@@ -182,6 +184,10 @@ def load_proposer(checkpoint: str | Path) -> MaskProposer:
     return proposer.eval()
 
 
+BACKENDS = (*TORCH_BACKENDS, 'onnxruntime', 'tensorrt')
+"""Where the image path runs: torch eager or compiled, or an exported graph."""
+
+
 def create_predictor(
     model: str | None = None,
     checkpoint: str | Path | None = None,
@@ -202,9 +208,12 @@ def create_predictor(
     :param checkpoint: this project's checkpoint file, or 'demo'.
     :param clip_weights: CLIP weights for the towers the checkpoint lacks.
     :param device: 'cpu' or a CUDA device.
-    :param backend: 'torch', 'onnxruntime' or 'tensorrt'; the exported backends run the
-        image path at the fixed input size of ``frame_size`` frames (H, W), exported once
-        and cached in ``engine_cache_dir``.
+    :param backend: one of ``BACKENDS``. 'torch' runs the network eagerly; 'inductor' (CPU)
+        serves eagerly while a background thread compiles it with TorchInductor for
+        ``frame_size`` frames (H, W), then runs the compiled path for them
+        (``export.inductor``); the exported backends ('onnxruntime', 'tensorrt') run the image
+        path at the fixed input size of ``frame_size`` frames, exported once. Compiles,
+        exports and engines are cached in ``engine_cache_dir``.
     :param precision: one of ``PRECISIONS``; ``check_precision`` refuses, before anything is
         built, one this device or backend cannot run, and says what to use instead.
     :param onnx_path: use (or write) this export instead of one in the cache folder.
@@ -213,11 +222,24 @@ def create_predictor(
     :raises CheckpointError: for weights that cannot be loaded.
     :raises ExportError, BackendUnavailableError: for an exported backend that cannot run.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
     check_precision(precision, device, backend)
     checkpoint = resolve_checkpoint(model, checkpoint)  # the file an export records
     network, config = build_model(model, checkpoint=checkpoint, clip_weights=clip_weights)
     if backend == 'torch':
         return Predictor.from_network(network, config, device, precision, **options)
+    if backend == 'inductor':
+        plan = PreprocessCfg.of(config).plan(*frame_size)
+        network = network.eval().to(device)
+        compiled = InductorImageModel(
+            torch_image_model(network, device, precision),
+            plan.padded,
+            plan.resized,
+            device,
+            engine_cache_dir or DEFAULT_CACHE_DIR,
+        )
+        return Predictor.from_network(network, config, device, image_model=compiled, **options)
     model_fingerprint = fingerprint_mask_clip(network)  # of the weights as loaded, as torch's
     image_model = build_image_model(
         network,

@@ -17,7 +17,6 @@ from masqclip.inference.predictor import TASKS, validate_tasks
 from masqclip.inference.tracking import TrackerCfg
 from masqclip.modeling.precision import PRECISIONS
 
-BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
 RELIABILITIES = ('auto', 'reliable', 'best_effort')
 
 
@@ -61,18 +60,18 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "MasQCLIP checkpoint file; 'demo' = the shipped demo model; empty = random weights.",
     ),
     ParameterSpec('model.clip_weights', '', "CLIP weights file; empty = the checkpoint's."),
-    ParameterSpec('model.backend', 'torch', 'Inference backend.', choices=BACKENDS),
+    ParameterSpec('model.backend', 'torch', 'Inference backend.', choices=factory.BACKENDS),
     ParameterSpec('model.device', 'cpu', 'Torch device, e.g. cpu or cuda:0.'),
     ParameterSpec('model.precision', 'fp32', 'Numeric precision.', choices=PRECISIONS),
     ParameterSpec(
         'model.engine_cache_dir',
         '',
-        'Folder for ONNX exports and TensorRT engines; empty = default.',
+        'Folder for ONNX exports, TensorRT engines and inductor compiles; empty = default.',
     ),
     ParameterSpec(
         'model.input_size',
         [640, 480],
-        'Camera width, height the onnxruntime/tensorrt backends are exported for.',
+        'Camera width, height the inductor/onnxruntime/tensorrt backends are built for.',
     ),
     ParameterSpec('tasks', list(TASKS), 'Outputs to compute (instance, semantic, panoptic).'),
     ParameterSpec('score_threshold', 0.0, 'Instances scoring lower are dropped.', (0.0, 1.0)),
@@ -275,7 +274,7 @@ class Settings:
             'max_instances': self.max_instances,
             'engine_cache_dir': self.engine_cache_dir,
         }
-        if self.backend != 'torch':  # exported backends run at a fixed (H, W)
+        if self.backend != 'torch':  # the others are built for a fixed (H, W)
             options['frame_size'] = (self.input_size[1], self.input_size[0])
         options.update({key: value for key, value in optional.items() if value is not None})
         return options

@@ -143,7 +143,7 @@ def test_bf16_is_refused_without_bf16_units(tiny_model, monkeypatch):
 def test_bf16_is_refused_on_cuda_and_on_exported_backends():
     with pytest.raises(ValueError, match='use fp16 on a CUDA device'):
         precision_module.check_precision('bf16', 'cuda')
-    with pytest.raises(ValueError, match='torch backend only'):
+    with pytest.raises(ValueError, match='torch backends only'):
         create_predictor('test_tiny', backend='onnxruntime', precision='bf16')
     with pytest.raises(ValueError, match='precision must be one of'):
         precision_module.check_precision('int8', 'cpu')

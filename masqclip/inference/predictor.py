@@ -170,15 +170,18 @@ class Predictor:
         config: dict,
         device: str = 'cpu',
         precision: str = 'fp32',
+        image_model: ImageModel | None = None,
         **options: object,
     ) -> Predictor:
         """Wrap an in-memory ``MasQCLIP`` (torch backend), e.g. during training.
 
         :param precision: see ``check_precision``; bf16 runs on a copy of the image path.
+        :param image_model: runs the image path instead of ``torch_image_model(network, ...)``
+            (a compiled one); ``precision`` is then its business.
         """
         network = network.eval().to(device)
         return cls(
-            torch_image_model(network, device, precision),
+            image_model or torch_image_model(network, device, precision),
             network.encode_classes,
             fingerprint_module(network.text),
             config,

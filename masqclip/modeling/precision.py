@@ -2,8 +2,8 @@
 torch image path at each of them.
 
 Every backend's precision is checked here, once, before anything is built or exported:
-fp16 needs CUDA; bf16 is the CPU's half precision and runs on the torch backend where the CPU
-has bf16 arithmetic units.
+fp16 needs CUDA; bf16 is the CPU's half precision and runs on the torch backends (eager or
+inductor-compiled) where the CPU has bf16 arithmetic units.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from masqclip.modeling.masqclip import ImageModel, MasQCLIP
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 """Of the image path: fp16 on CUDA, bf16 on CPUs with bf16 units (see ``check_precision``)."""
 EXPORT_PRECISIONS = ('fp32', 'fp16')
-"""Those an ONNX graph is exported at (bf16 runs on the torch backend only)."""
+"""Those an ONNX graph is exported at (bf16 runs on the torch backends only)."""
+TORCH_BACKENDS = ('torch', 'inductor')
+"""The backends that run the torch image path: eager, or compiled by TorchInductor."""
 # x86 bf16 units torch uses: AMX tiles (matrix products) and AVX-512 BF16 (vector dot products).
 BF16_CPU_UNITS = ('amx_bf16', 'avx512_bf16')
 # Layers whose weights autocast casts to bf16 on every call (MultiheadAttention holds no norm).
@@ -34,7 +36,7 @@ def cpu_bf16_units() -> tuple[str, ...]:
 
 def check_precision(precision: str, device: str | torch.device, backend: str = 'torch') -> None:
     """Refuse, saying what to use instead, a precision this device or backend cannot run:
-    fp16 needs a CUDA device; bf16 the torch backend on a CPU with bf16 units.
+    fp16 needs a CUDA device; bf16 a torch backend on a CPU with bf16 units.
 
     :raises ValueError: naming the reason and the alternative.
     """
@@ -50,10 +52,10 @@ def check_precision(precision: str, device: str | torch.device, backend: str = '
         return
     if on_cuda:
         raise ValueError('bf16 is the CPU precision; use fp16 on a CUDA device')
-    if backend != 'torch':
+    if backend not in TORCH_BACKENDS:
         raise ValueError(
-            f"bf16 runs on the torch backend only, not {backend}: onnxruntime's CPU kernels "
-            'have no bf16 matrix products on x86'
+            f"bf16 runs on the torch backends only ({', '.join(TORCH_BACKENDS)}), not "
+            f"{backend}: onnxruntime's CPU kernels have no bf16 matrix products on x86"
         )
     if not cpu_bf16_units():
         cpu = torch.cpu.get_capabilities().get('cpu_name', 'this CPU')

@@ -44,7 +44,7 @@ def test_the_defaults_are_valid_settings() -> None:
     ('name', 'value', 'message'),
     [
         ('model.backend', 'cuda', "parameter model.backend='cuda': choose one of torch, "
-                                  'onnxruntime, tensorrt'),
+                                  'inductor, onnxruntime, tensorrt'),
         ('input.reliability', 'Reliable', 'choose one of auto, reliable, best_effort'),
         ('score_threshold', 1.5, r'parameter score_threshold=1.5 is outside \[0, 1\]'),
         ('score_threshold', -0.01, 'is outside'),
@@ -178,7 +178,7 @@ def test_bad_live_values_are_refused(changes, message) -> None:
 
 def test_descriptors_carry_description_choices_and_ranges() -> None:
     backend = SPECS['model.backend'].descriptor()
-    assert backend.additional_constraints == 'one of: torch, onnxruntime, tensorrt'
+    assert backend.additional_constraints == 'one of: torch, inductor, onnxruntime, tensorrt'
     assert backend.description == 'Inference backend.' and not backend.floating_point_range
     alpha = SPECS['overlay.alpha'].descriptor().floating_point_range[0]
     assert (alpha.from_value, alpha.to_value) == (0.0, 1.0)
