@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from masqclip.cli import main
+from masqclip.export import inductor as inductor_module
+from masqclip.export.inductor import CACHE_ENV
 from masqclip.modeling.precision import cpu_bf16_units
 from masqclip.tools.bench_cpu import measure_efficiency
 from masqclip.tools.benchmarking import efficiency_table, image_path_flops, image_path_rates
@@ -116,3 +118,21 @@ def test_bench_command_prints_the_table_and_writes_the_json(tmp_path, capsys):
     written = json.loads(out.read_text())
     assert written['efficiency']['image_path_flops']['total'] > 0
     assert 'efficiency' not in written['onnxruntime']
+
+
+def test_inductor_rows_and_compile_times_when_asked(tmp_path, monkeypatch):
+    # The plumbing only: torch.compile stands aside here (test_inductor.py compiles for real).
+    monkeypatch.setattr(inductor_module.torch, 'compile', lambda model, dynamic: model)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / 'inductor'))
+    figures = measure_efficiency(
+        'test_tiny',
+        (70, 96),
+        repeats=1,
+        work_dir=tmp_path,
+        gemm_size=128,
+        inductor_cache_dir=tmp_path,
+    )['efficiency']
+    rows = {(row['backend'], row['precision']) for row in figures['image_paths']}
+    assert {('inductor', p) for p in _expected_precisions()} <= rows
+    assert set(figures['inductor_compile_s']) == _expected_precisions()
+    assert 'inductor fp32: compiled in' in efficiency_table(figures)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from masqclip.export import DEFAULT_CACHE_DIR
 from masqclip.factory import build_model
 from masqclip.inference.predictor import Predictor
 from masqclip.inference.vocabulary import Vocabulary
@@ -49,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=GEMM_SIZE,
         help='side of the square matrix product that measures the GEMM rate (%(default)s)',
+    )
+    parser.add_argument(
+        '--inductor',
+        action='store_true',
+        help='also time the inductor backend, compiled first with its cache in the engine '
+        'cache folder (about 90 s a precision the first time, seconds after)',
     )
     parser.add_argument('--json', help='also write the figures to this JSON file')
 
@@ -87,7 +94,11 @@ def run(args: argparse.Namespace) -> int:
     tokens_s, crops_s = _mask_tokens_vs_crops(network, predictor, frame, args.repeats)
     stages = _stage_breakdown(predictor, network, frame, args.repeats)
     onnxruntime = measure_efficiency(
-        args.model, (height, width), args.repeats, gemm_size=args.gemm_size
+        args.model,
+        (height, width),
+        args.repeats,
+        gemm_size=args.gemm_size,
+        inductor_cache_dir=DEFAULT_CACHE_DIR if args.inductor else None,
     )
     efficiency = onnxruntime.pop('efficiency')
     figures = {

@@ -1,5 +1,6 @@
-"""CPU latency of the image path: onnxruntime against torch eager, on the same weights, and
-each as a share of what this machine's matrix units reach.
+"""CPU latency of the image path: onnxruntime against torch eager (and, on request, the
+inductor-compiled torch path), on the same weights, and each as a share of what this
+machine's matrix units reach.
 
 Random weights are fine for timing. Every side gets the same thread count and they take turns,
 so a busy machine slows all alike; the ratios are the figures to read.
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from masqclip.export.inductor import InductorImageModel
 from masqclip.export.onnx import export_onnx
 from masqclip.export.onnxruntime_backend import OnnxRuntimeImageModel
 from masqclip.factory import build_model
@@ -56,6 +58,7 @@ def measure_efficiency(
     repeats: int = 3,
     work_dir: str | Path | None = None,
     gemm_size: int = GEMM_SIZE,
+    inductor_cache_dir: str | Path | None = None,
 ) -> dict[str, object]:
     """``measure_onnxruntime_vs_torch``'s figures, with the image path's efficiency.
 
@@ -64,12 +67,18 @@ def measure_efficiency(
     (and bf16) GEMM rate; the image path's FLOPs are counted once; one profiled torch fp32 run
     names the operators the time goes to.
 
+    :param inductor_cache_dir: also time the inductor backend at each precision, compiled
+        first with its cache in this folder (about 90 s a precision for masqclip_r50_vitb16
+        when the cache is empty, seconds when it holds the compile).
     :return: the figures of ``measure_onnxruntime_vs_torch`` and ``efficiency``: ``cpu``,
         ``threads``, ``bf16_units``, ``input_size``, ``gemm_size``, ``gemm_gflops`` (per
         precision), ``image_path_flops`` (``proposer``, ``mask_clip``, ``total``),
-        ``image_paths`` (rows of ``image_path_rates``), ``top_operators``.
+        ``image_paths`` (rows of ``image_path_rates``), ``top_operators``, and with
+        ``inductor_cache_dir`` ``inductor_compile_s`` (per precision).
     """
-    return _measure_image_paths(model, frame_size, repeats, work_dir, gemm_size)
+    return _measure_image_paths(
+        model, frame_size, repeats, work_dir, gemm_size, inductor_cache_dir
+    )
 
 
 def _measure_image_paths(
@@ -78,6 +87,7 @@ def _measure_image_paths(
     repeats: int,
     work_dir: str | Path | None,
     gemm_size: int | None,
+    inductor_cache_dir: str | Path | None = None,
 ) -> dict[str, object]:
     """The figures of both functions above; the efficiency ones unless ``gemm_size`` is None."""
     torch.manual_seed(0)
@@ -107,6 +117,21 @@ def _measure_image_paths(
         if bf16_units:
             gemms['bf16'] = gemm(torch.bfloat16, gemm_size)
             image_models['torch bf16'] = torch_image_model(network, 'cpu', 'bf16')
+        compile_s = {}
+        if inductor_cache_dir is not None:
+            content_size = tuple(inputs[1][0].tolist())
+            for precision in ('fp32', 'bf16')[: 1 + bool(bf16_units)]:
+                compiled = InductorImageModel(
+                    image_models[f'torch {precision}'],
+                    input_size,
+                    content_size,
+                    'cpu',
+                    inductor_cache_dir,
+                    background=False,
+                )
+                if compiled.wait(0):  # a failed compile is logged and left out
+                    image_models[f'inductor {precision}'] = compiled
+                    compile_s[precision] = compiled.compile_seconds
         outputs, gemm_seconds, image_seconds = _interleaved_seconds(
             image_models, gemms, inputs, repeats
         )
@@ -141,6 +166,8 @@ def _measure_image_paths(
         'image_paths': image_path_rates(image_seconds, flops['total'], gemm_gflops),
         'top_operators': operators,
     }
+    if inductor_cache_dir is not None:
+        figures['efficiency']['inductor_compile_s'] = compile_s
     return figures
 
 
