@@ -66,7 +66,7 @@ class ImageSizeMaskLogits:
 
     def __getitem__(self, query: int) -> torch.Tensor:
         """float (H, W) logits of one proposal at the original image size."""
-        logits = mask_logits_to_image(self.low_res[query : query + 1], self.spec)[0]
+        logits = self._full_size(query)
         if query in self._keep_crops and query not in self._crops:
             self._crops[query] = self._crop(query, logits)
         return logits
@@ -74,6 +74,9 @@ class ImageSizeMaskLogits:
     def cropped(self, query: int) -> tuple[float, torch.Tensor, torch.Tensor]:
         """``cropped_mask`` of one proposal's full-size logits, mostly without making them."""
         return self._crops.get(query) or self._crop(query)
+
+    def _full_size(self, query: int) -> torch.Tensor:
+        return mask_logits_to_image(self.low_res[query : query + 1], self.spec)[0]
 
     def _crop(
         self, query: int, full_size: torch.Tensor | None = None
@@ -88,7 +91,7 @@ class ImageSizeMaskLogits:
         if full_size is None and (y1 - y0) * (x1 - x0) > _FULL_READ_AREA * math.prod(
             self.spec.original
         ):
-            full_size = self[query]
+            full_size = self._full_size(query)
         if full_size is None:
             window = self._resize_window(query, (y0, y1), (x0, x1))
         else:
@@ -470,10 +473,10 @@ def mean_sigmoid_inside(mask_logits: torch.Tensor) -> torch.Tensor:
 
     :param mask_logits: float (K, ...) logits, any resolution.
     """
-    logits = mask_logits.float().flatten(1)
+    logits = mask_logits.float()
     inside = logits > 0
-    area = inside.sum(1)
-    return (logits.sigmoid() * inside).sum(1) / area.clamp(min=1)
+    pixels = tuple(range(1, logits.ndim))  # summed in place: a crop of a map is no copy
+    return (logits.sigmoid() * inside).sum(pixels) / inside.sum(pixels).clamp(min=1)
 
 
 def mask_overlaps(mask_logits: torch.Tensor) -> torch.Tensor:
@@ -494,16 +497,16 @@ def cropped_mask(logits: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tenso
     :param logits: float (H, W).
     :return: (mean sigmoid inside, float32 (4,) box as ``masks_to_boxes`` gives it, bool crop).
     """
-    mask = logits > 0
-    rows, cols = mask.any(dim=1), mask.any(dim=0)
+    # A row (column) holds mask pixels where its largest logit is positive: a max is one
+    # vectorised pass, where thresholding first would add one over every pixel.
+    rows = logits.amax(dim=1) > 0 if logits.numel() else logits.new_zeros(0, dtype=torch.bool)
     if not rows.any():
-        return 0.0, torch.zeros(4, device=logits.device), mask[:0, :0].clone()
-    (y0, y1), (x0, x1) = _span(rows), _span(cols)
-    crop = mask[y0:y1, x0:x1].clone()  # the clone frees the full mask
-    # The sigmoid of the box only: every pixel of the mask is inside it.
-    mean_inside = float(mean_sigmoid_inside(logits[None, y0:y1, x0:x1])[0])
+        empty = torch.zeros((0, 0), dtype=torch.bool, device=logits.device)
+        return 0.0, torch.zeros(4, device=logits.device), empty
+    (y0, y1), (x0, x1) = _span(rows), _span(logits.amax(dim=0) > 0)
+    window = logits[y0:y1, x0:x1]  # every mask pixel lies inside
     box = torch.tensor([x0, y0, x1, y1], dtype=torch.float32, device=logits.device)
-    return mean_inside, box, crop
+    return float(mean_sigmoid_inside(window[None])[0]), box, window > 0
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
