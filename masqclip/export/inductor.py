@@ -36,11 +36,14 @@ class InductorImageModel:
     :param image_model: the torch image path (any precision ``torch_image_model`` makes).
     :param input_size: (Hp, Wp), the padded network input to compile for.
     :param content_size: (h, w) of the content in that canvas, for the compile's sample input.
+    :param device: the image path's device; only the CPU is supported.
     :param cache_dir: inductor's cache goes to ``cache_dir / 'inductor'``, unless the user
         set ``TORCHINDUCTOR_CACHE_DIR`` (it is one folder for the whole process, so the first
         inductor backend of a process decides).
     :param background: compile in a thread (True) or before returning (False).
     :raises BackendUnavailableError: on a device other than the CPU.
+
+    After the compile, ``compile_seconds`` holds its wall time, or ``error`` why it failed.
     """
 
     def __init__(
