@@ -86,9 +86,9 @@ def test_demo_model_outputs_match_fp32(demo_results):
     # Measured on the 300 scenes (4800 proposals): every frame's masks agree on >= 99.2 % of
     # the pixels (299 frames on >= 99.5 %); 99.0 % of the objectness scores move by <= 0.02
     # and 99.75 % by <= 0.1 (the largest move: 0.46, one query); 99.3 % of the embeddings keep
-    # a cosine >= 0.99 (the lowest: 0.81, where that query's mask moved). Half a grey level of noise on the
-    # fp32 input moves them too (objectness by up to 0.15, cosine down to 0.90 with the
-    # earlier model): the model itself is that sensitive there.
+    # a cosine >= 0.99 (the lowest: 0.81, where that query's mask moved). Half a grey level of
+    # noise on the fp32 input moves them too (objectness by up to 0.15, cosine down to 0.90
+    # with the earlier model): the model itself is that sensitive there.
     mask_agreement, objectness_error, cosine = [], [], []
     for fp32, bf16 in zip(demo_results['fp32'], demo_results['bf16'], strict=True):
         fp32, bf16 = fp32.proposals, bf16.proposals
