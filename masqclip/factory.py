@@ -10,14 +10,13 @@ from pathlib import Path
 
 from masqclip.checkpoint import (
     CheckpointError,
-    fingerprint_image_path,
     fingerprint_mask_clip,
     fingerprint_module,
     load_checkpoint,
     load_clip_weights,
 )
 from masqclip.export import DEFAULT_CACHE_DIR, build_image_model, network_input_size
-from masqclip.export.inductor import InductorImageModel, package_path
+from masqclip.export.inductor import InductorImageModel
 from masqclip.inference.predictor import Predictor, PredictorCfg
 from masqclip.inference.transforms import PreprocessCfg
 from masqclip.modeling.mask_clip import MaskCLIPVisual, build_clip
@@ -210,11 +209,11 @@ def create_predictor(
     :param clip_weights: CLIP weights for the towers the checkpoint lacks.
     :param device: 'cpu' or a CUDA device.
     :param backend: one of ``BACKENDS``. 'torch' runs the network eagerly; 'inductor' (CPU)
-        runs its AOTInductor package for ``frame_size`` frames (H, W), serving eagerly while a
-        background thread builds the package the first time (``export.inductor``); the
-        exported backends ('onnxruntime', 'tensorrt') run the image path at the fixed input
-        size of ``frame_size`` frames, exported once. Packages, exports and engines are cached
-        in ``engine_cache_dir``.
+        serves eagerly while a background thread compiles it with TorchInductor for
+        ``frame_size`` frames (H, W), then runs the compiled path for them
+        (``export.inductor``); the exported backends ('onnxruntime', 'tensorrt') run the image
+        path at the fixed input size of ``frame_size`` frames, exported once. Compiles,
+        exports and engines are cached in ``engine_cache_dir``.
     :param precision: one of ``PRECISIONS``; ``check_precision`` refuses, before anything is
         built, one this device or backend cannot run, and says what to use instead.
     :param onnx_path: use (or write) this export instead of one in the cache folder.
@@ -233,19 +232,12 @@ def create_predictor(
     if backend == 'inductor':
         plan = PreprocessCfg.of(config).plan(*frame_size)
         network = network.eval().to(device)
-        package = package_path(
-            engine_cache_dir or DEFAULT_CACHE_DIR,
-            model_name(model, checkpoint),
-            plan.padded,
-            precision,
-            fingerprint_image_path(network),
-        )
         compiled = InductorImageModel(
             torch_image_model(network, device, precision),
             plan.padded,
             plan.resized,
             device,
-            package,
+            engine_cache_dir or DEFAULT_CACHE_DIR,
         )
         return Predictor.from_network(network, config, device, image_model=compiled, **options)
     model_fingerprint = fingerprint_mask_clip(network)  # of the weights as loaded, as torch's

@@ -54,7 +54,7 @@ def check_precision(precision: str, device: str | torch.device, backend: str = '
         raise ValueError('bf16 is the CPU precision; use fp16 on a CUDA device')
     if backend not in TORCH_BACKENDS:
         raise ValueError(
-            f"bf16 runs on the torch backends only ({', '.join(TORCH_BACKENDS)}), not "
+            f'bf16 runs on the torch backends only ({", ".join(TORCH_BACKENDS)}), not '
             f"{backend}: onnxruntime's CPU kernels have no bf16 matrix products on x86"
         )
     if not cpu_bf16_units():

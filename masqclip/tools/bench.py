@@ -54,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--inductor',
         action='store_true',
-        help='also time the inductor backend, its AOTInductor packages loaded from the engine '
-        'cache folder or built there first (about 80 s a precision)',
+        help='also time the inductor backend, compiled first with its cache in the engine '
+        'cache folder (about 90 s a precision the first time, seconds after)',
     )
     parser.add_argument('--json', help='also write the figures to this JSON file')
 

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 
-from masqclip.checkpoint import fingerprint_image_path
-from masqclip.export.inductor import InductorImageModel, package_path
+from masqclip.export.inductor import InductorImageModel
 from masqclip.export.onnx import export_onnx
 from masqclip.export.onnxruntime_backend import OnnxRuntimeImageModel
 from masqclip.factory import build_model
@@ -68,15 +67,14 @@ def measure_efficiency(
     (and bf16) GEMM rate; the image path's FLOPs are counted once; one profiled torch fp32 run
     names the operators the time goes to.
 
-    :param inductor_cache_dir: also time the inductor backend at each precision, its
-        AOTInductor packages loaded from this folder or built there first (about 80 s a
-        precision for masqclip_r50_vitb16).
+    :param inductor_cache_dir: also time the inductor backend at each precision, compiled
+        first with its cache in this folder (about 90 s a precision for masqclip_r50_vitb16
+        when the cache is empty, seconds when it holds the compile).
     :return: the figures of ``measure_onnxruntime_vs_torch`` and ``efficiency``: ``cpu``,
         ``threads``, ``bf16_units``, ``input_size``, ``gemm_size``, ``gemm_gflops`` (per
         precision), ``image_path_flops`` (``proposer``, ``mask_clip``, ``total``),
         ``image_paths`` (rows of ``image_path_rates``), ``top_operators``, and with
-        ``inductor_cache_dir`` ``inductor_compile_s`` (per precision: the package's build
-        seconds, None when it came from the cache).
+        ``inductor_cache_dir`` ``inductor_compile_s`` (per precision).
     """
     return _measure_image_paths(
         model, frame_size, repeats, work_dir, gemm_size, inductor_cache_dir
@@ -122,19 +120,18 @@ def _measure_image_paths(
         compile_s = {}
         if inductor_cache_dir is not None:
             content_size = tuple(inputs[1][0].tolist())
-            weights = fingerprint_image_path(network)
             for precision in ('fp32', 'bf16')[: 1 + bool(bf16_units)]:
                 compiled = InductorImageModel(
                     image_models[f'torch {precision}'],
                     input_size,
                     content_size,
                     'cpu',
-                    package_path(inductor_cache_dir, model, input_size, precision, weights),
+                    inductor_cache_dir,
                     background=False,
                 )
-                if compiled.wait(0):  # a failed build is logged and left out
+                if compiled.wait(0):  # a failed compile is logged and left out
                     image_models[f'inductor {precision}'] = compiled
-                    compile_s[precision] = compiled.build_seconds
+                    compile_s[precision] = compiled.compile_seconds
         outputs, gemm_seconds, image_seconds = _interleaved_seconds(
             image_models, gemms, inputs, repeats
         )
