@@ -120,9 +120,11 @@ def _measure_image_paths(
         compile_s = {}
         if inductor_cache_dir is not None:
             content_size = tuple(inputs[1][0].tolist())
-            for precision in ('fp32', 'bf16')[: 1 + bool(bf16_units)]:
+            eager = [name for name in image_models if name.startswith('torch ')]
+            for name in eager:
+                precision = name.split()[1]
                 compiled = InductorImageModel(
-                    image_models[f'torch {precision}'],
+                    image_models[name],
                     input_size,
                     content_size,
                     'cpu',
