@@ -21,7 +21,7 @@ from masqclip.inference.predictor import Predictor, PredictorCfg
 from masqclip.inference.transforms import PreprocessCfg
 from masqclip.modeling.mask_clip import MaskCLIPVisual, build_clip
 from masqclip.modeling.masqclip import MasQCLIP
-from masqclip.modeling.precision import TORCH_BACKENDS, check_precision, torch_image_model
+from masqclip.modeling.precision import TORCH_BACKENDS, check_precision
 from masqclip.modeling.proposer import MaskProposer, build_proposer
 from masqclip.modeling.text_encoder import TextEncoder
 
@@ -231,15 +231,16 @@ def create_predictor(
         return Predictor.from_network(network, config, device, precision, **options)
     if backend == 'inductor':
         plan = PreprocessCfg.of(config).plan(*frame_size)
-        network = network.eval().to(device)
-        compiled = InductorImageModel(
-            torch_image_model(network, device, precision),
-            plan.padded,
-            plan.resized,
+        return Predictor.from_network(
+            network,
+            config,
             device,
-            engine_cache_dir or DEFAULT_CACHE_DIR,
+            precision,
+            compile_image_model=lambda eager: InductorImageModel(
+                eager, plan.padded, plan.resized, device, engine_cache_dir or DEFAULT_CACHE_DIR
+            ),
+            **options,
         )
-        return Predictor.from_network(network, config, device, image_model=compiled, **options)
     model_fingerprint = fingerprint_mask_clip(network)  # of the weights as loaded, as torch's
     image_model = build_image_model(
         network,

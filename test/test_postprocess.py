@@ -8,8 +8,8 @@ import torch
 from masqclip.inference.postprocess import (
     PanopticSegmentInfo,
     classify_masks,
+    cropped_mask,
     instance_inference,
-    masks_to_boxes,
     panoptic_inference,
     semantic_inference,
 )
@@ -273,20 +273,21 @@ def test_instance_edge_cases() -> None:
         instance_inference(torch.rand(3, 2), logits, max_instances=-1)
 
 
-# masks_to_boxes -----------------------------------------------------------------------------
+# cropped_mask -------------------------------------------------------------------------------
 
 
-def test_masks_to_boxes() -> None:
-    masks = torch.zeros(3, 8, 10, dtype=torch.bool)
-    masks[0, 5, 3] = True
-    masks[2, 1:4, 2:9] = True
-    masks[2, 6, 0] = True
-    boxes = masks_to_boxes(masks)
-    assert boxes.dtype == torch.float32
-    assert boxes.tolist() == [[3, 5, 4, 6], [0, 0, 0, 0], [0, 1, 9, 7]]
-    assert masks_to_boxes(torch.zeros(0, 8, 10, dtype=torch.bool)).shape == (0, 4)
-    with pytest.raises(ValueError, match='K, H, W'):
-        masks_to_boxes(masks[0])
+@pytest.mark.parametrize(
+    ('pixels', 'box'),
+    [([(5, 3)], [3, 5, 4, 6]), ([], [0, 0, 0, 0]), ([(1, 2), (3, 8), (6, 0)], [0, 1, 9, 7])],
+)
+def test_cropped_mask_box_is_tight_with_exclusive_ends(pixels, box) -> None:
+    logits = torch.full((8, 10), -3.0)
+    for y, x in pixels:
+        logits[y, x] = 2.0
+    quality, got_box, crop = cropped_mask(logits)
+    assert got_box.dtype == torch.float32 and got_box.tolist() == box
+    assert crop.sum() == len(pixels)
+    assert quality == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item() if pixels else 0.0)
 
 
 @pytest.mark.gpu

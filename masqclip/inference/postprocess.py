@@ -495,7 +495,9 @@ def cropped_mask(logits: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tenso
     the crop inside it, with its mean sigmoid inside the mask (0 for an empty mask).
 
     :param logits: float (H, W).
-    :return: (mean sigmoid inside, float32 (4,) box as ``masks_to_boxes`` gives it, bool crop).
+    :return: (mean sigmoid inside, float32 (4,) box x0, y0, x1, y1 in pixels with x1 and y1
+        exclusive (a one-pixel mask at x=3, y=5 gives 3, 5, 4, 6; an empty one zeros), bool
+        crop).
     """
     # A row (column) holds mask pixels where its largest logit is positive: a max is one
     # vectorised pass, where thresholding first would add one over every pixel.
@@ -507,31 +509,3 @@ def cropped_mask(logits: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tenso
     window = logits[y0:y1, x0:x1]  # every mask pixel lies inside
     box = torch.tensor([x0, y0, x1, y1], dtype=torch.float32, device=logits.device)
     return float(mean_sigmoid_inside(window[None])[0]), box, window > 0
-
-
-def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight boxes around binary masks, x1 / y1 exclusive.
-
-    Torch only (a numpy caller converts with ``torch.from_numpy``). A one-pixel mask at
-    (x=3, y=5) gives (3, 5, 4, 6); an empty mask gives zeros.
-
-    :param masks: bool (K, H, W).
-    :return: float32 (K, 4) as x0, y0, x1, y1 in pixels, on the masks' device.
-    """
-    if masks.ndim != 3:
-        raise ValueError(f'masks must be (K, H, W), got {tuple(masks.shape)}')
-    count, height, width = masks.shape
-    boxes = torch.zeros((count, 4), dtype=torch.float32, device=masks.device)
-    if count == 0 or height == 0 or width == 0:
-        return boxes
-    masks = masks.bool()
-    columns = masks.any(dim=1).to(torch.uint8)
-    rows = masks.any(dim=2).to(torch.uint8)
-    # argmax returns the first maximum: the first occupied column / row.
-    x0 = columns.argmax(dim=1)
-    y0 = rows.argmax(dim=1)
-    x1 = width - columns.flip(1).argmax(dim=1)
-    y1 = height - rows.flip(1).argmax(dim=1)
-    occupied = masks.flatten(1).any(dim=1)
-    boxes[occupied] = torch.stack([x0, y0, x1, y1], dim=1)[occupied].float()
-    return boxes

@@ -170,18 +170,19 @@ class Predictor:
         config: dict,
         device: str = 'cpu',
         precision: str = 'fp32',
-        image_model: ImageModel | None = None,
+        compile_image_model: Callable[[ImageModel], ImageModel] | None = None,
         **options: object,
     ) -> Predictor:
         """Wrap an in-memory ``MasQCLIP`` (torch backend), e.g. during training.
 
         :param precision: see ``check_precision``; bf16 runs on a copy of the image path.
-        :param image_model: runs the image path instead of ``torch_image_model(network, ...)``
-            (a compiled one); ``precision`` is then its business.
+        :param compile_image_model: given the eager image path at ``precision``, returns the
+            one to run instead (a compiled one).
         """
         network = network.eval().to(device)
+        image_model = torch_image_model(network, device, precision)
         return cls(
-            image_model or torch_image_model(network, device, precision),
+            compile_image_model(image_model) if compile_image_model else image_model,
             network.encode_classes,
             fingerprint_module(network.text),
             config,
