@@ -50,6 +50,29 @@ def test_classify_masks_includes_background_in_softmax_and_multiplies_objectness
     torch.testing.assert_close(scores, expected)
 
 
+def test_an_exemplar_row_wins_only_above_its_threshold() -> None:
+    """An exemplar's logit is the mask's best text logit plus scale x (cos - threshold): near
+    as an image embedding is to every mask, it wins only where the mask is nearer than that."""
+    text = torch.eye(3)  # text class 0, exemplar 1, background (text)
+    thresholds = torch.tensor([math.nan, 0.9, math.nan])
+    near = torch.nn.functional.normalize(torch.tensor([[0.2, 1.0, 0.1]]), dim=1)  # cos 0.97
+    far = torch.nn.functional.normalize(torch.tensor([[0.6, 0.7, 0.1]]), dim=1)  # cos 0.75
+    masks = torch.cat([near, far])
+    scores = classify_masks(masks, text, torch.ones(2), 10.0, thresholds)
+    logits = 10.0 * masks @ text.T
+    best_text = logits[:, [0, 2]].amax(dim=1)
+    logits[:, 1] = best_text + 10.0 * (masks[:, 1] - 0.9)
+    assert torch.allclose(scores, logits.softmax(dim=1)[:, :2])
+    assert scores[0].argmax() == 1 and scores[1].argmax() == 0
+    no_exemplar = torch.full((3,), math.nan)
+    assert torch.equal(
+        classify_masks(masks, text, torch.ones(2), 10.0, no_exemplar),
+        classify_masks(masks, text, torch.ones(2), 10.0),
+    )
+    with pytest.raises(ValueError, match='exemplar_thresholds must have shape'):
+        classify_masks(masks, text, torch.ones(2), 10.0, thresholds[:2])
+
+
 def test_classify_masks_default_scale_is_100() -> None:
     text = torch.eye(3)
     masks = torch.eye(3)[:1]

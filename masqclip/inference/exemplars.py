@@ -25,7 +25,8 @@ from masqclip.inference.vocabulary import Vocabulary, VocabularyEntry, Vocabular
 MIN_MASK_IOU = 0.5
 """A drawn mask stands for a proposal only when their IoU reaches this (MOT's match rule)."""
 
-FORMAT = 'masqclip_ros/exemplars/1'
+FORMAT = 'masqclip_ros/exemplars/2'
+"""Version 2 adds each class's threshold; a version 1 file is refused (teach again)."""
 
 UNKNOWN_MODEL = (
     'this predictor does not know its model fingerprint, so it cannot use exemplar classes: '
@@ -67,6 +68,31 @@ def shown_proposal(
             f'(0 to {count - 1})'
         )
     return int(proposal_index)
+
+
+def example_threshold(result: SegmentationResult, shown: int) -> float:
+    """The cosine that tells the object of proposal ``shown`` from the rest of its frame:
+    ``THRESHOLD_POSITION`` of the way from the most similar proposal of something else up to
+    the example itself (cosine 1).
+
+    The frame is the only labelled data a shown example brings: its proposals that lie mostly
+    outside the object (at the proposer's resolution) are what the object is not. Proposals
+    mostly inside it are parts of it, not negatives. See ``postprocess.classify_masks``.
+    """
+    proposals = result.proposals
+    support = torch.from_numpy(proposals.mask_logits).flatten(1) > 0
+    inside = (support & support[shown]).sum(dim=1) / support.sum(dim=1).clamp(min=1)
+    negatives = (inside < 0.5) & support.any(dim=1)
+    negatives[shown] = False
+    if not negatives.any():
+        return 0.0  # nothing else in view to tell the object from
+    embeddings = proposals.embeddings / np.linalg.norm(proposals.embeddings, axis=1)[:, None]
+    nearest = float((embeddings[negatives.numpy()] @ embeddings[shown]).max())
+    return nearest + THRESHOLD_POSITION * (1.0 - nearest)
+
+
+THRESHOLD_POSITION = 0.5
+"""Where between the nearest negative (0) and the example (1) an exemplar's threshold lies."""
 
 
 def _matching_proposal(result: SegmentationResult, mask: np.ndarray) -> int:
@@ -148,6 +174,11 @@ def load_exemplars(path: str | Path, model: str | None) -> tuple[VocabularyEntry
         raise ExemplarError(f'cannot read exemplar file {path}: {error}') from error
     except json.JSONDecodeError as error:
         raise ExemplarError(f'exemplar file {path} is not valid JSON: {error}') from error
+    if isinstance(data, dict) and data.get('format') == 'masqclip_ros/exemplars/1':
+        raise ExemplarError(
+            f'{path} was written before exemplar classes kept their thresholds (format 1): '
+            'teach its classes again, which writes the current format'
+        )
     if (
         not isinstance(data, dict)
         or data.get('format') != FORMAT

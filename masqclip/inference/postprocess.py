@@ -185,6 +185,7 @@ def classify_masks(
     text_embeddings: torch.Tensor,
     objectness: torch.Tensor,
     logit_scale: float = CLIP_LOGIT_SCALE,
+    exemplar_thresholds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fuse CLIP's classification with the proposer's objectness: p_obj x p_clip(c).
 
@@ -192,11 +193,19 @@ def classify_masks(
     column is dropped only after the product (trap 6), so a proposal that looks like
     background gets low scores for every class.
 
+    An exemplar class's row is an image embedding, and CLIP puts images nearer each other
+    than any text (the modality gap: on the demo model an exemplar's cosine to every mask is
+    0.6-0.98, to the right text 0.5-0.7), so its raw logit would win on every mask. Its logit
+    is instead the best text logit of the mask plus ``logit_scale x (cos - threshold)``: it
+    wins exactly where the mask is nearer the exemplar than its threshold.
+
     :param mask_embeddings: float (Q, D), L2-normalised CLIP mask embeddings.
-    :param text_embeddings: float (N + 1, D), L2-normalised text embeddings with the
+    :param text_embeddings: float (N + 1, D), L2-normalised class embeddings with the
         'background' entry LAST.
     :param objectness: float (Q,), p_obj of each proposal in [0, 1].
     :param logit_scale: multiplier of the cosine similarity (CLIP's fixed 100).
+    :param exemplar_thresholds: float (N + 1,), each exemplar row's threshold and NaN for text
+        rows (``vocabulary.exemplar_thresholds``); None: every row is text.
     :return: float (Q, N) class scores in [0, 1].
     """
     if mask_embeddings.ndim != 2 or text_embeddings.ndim != 2:
@@ -219,8 +228,28 @@ def classify_masks(
             f'objectness must have shape ({mask_embeddings.shape[0]},), '
             f'got {tuple(objectness.shape)}'
         )
-    p_clip = clip_logits(mask_embeddings, text_embeddings, logit_scale).softmax(dim=-1)
-    return (objectness.float()[:, None] * p_clip)[:, :-1]
+    logits = clip_logits(mask_embeddings, text_embeddings, logit_scale)
+    if exemplar_thresholds is not None:
+        logits = _calibrated_exemplar_logits(logits, exemplar_thresholds.to(logits), logit_scale)
+    return (objectness.float()[:, None] * logits.softmax(dim=-1))[:, :-1]
+
+
+def _calibrated_exemplar_logits(
+    logits: torch.Tensor, thresholds: torch.Tensor, logit_scale: float
+) -> torch.Tensor:
+    """``logits`` (Q, N + 1) with each exemplar column (threshold not NaN) replaced by the
+    row's best text logit plus ``logit_scale x (cos - threshold)``."""
+    if thresholds.shape != logits.shape[1:]:
+        raise ValueError(
+            f'exemplar_thresholds must have shape ({logits.shape[1]},), '
+            f'got {tuple(thresholds.shape)}'
+        )
+    is_exemplar = ~thresholds.isnan()
+    if not is_exemplar.any():
+        return logits
+    best_text = logits[:, ~is_exemplar].amax(dim=1, keepdim=True)  # background is text
+    calibrated = best_text + logits - logit_scale * thresholds.nan_to_num()
+    return torch.where(is_exemplar, calibrated, logits)
 
 
 def _check_scores_and_masks(class_scores: torch.Tensor, mask_logits: torch.Tensor) -> None:

@@ -22,6 +22,7 @@ from masqclip.inference.exemplars import (
     UNKNOWN_MODEL,
     ExemplarError,
     check_models,
+    example_threshold,
     shown_proposal,
 )
 from masqclip.inference.known_words import KnownWords
@@ -53,6 +54,7 @@ from masqclip.inference.vocabulary import (
     TextEmbeddingCache,
     Vocabulary,
     VocabularyEntry,
+    exemplar_thresholds,
     validate_query,
 )
 from masqclip.modeling.masqclip import ImageModel, MasQCLIP
@@ -264,7 +266,9 @@ class Predictor:
                 f'the example has a {embedding.shape[-1]}-wide embedding, this model makes '
                 f'{width}-wide ones: teach from a frame this model segmented'
             )
-        vocabulary = active.vocabulary.taught(name, embedding, self.model_fingerprint)
+        vocabulary = active.vocabulary.taught(
+            name, embedding, self.model_fingerprint, example_threshold(result, shown)
+        )
         self.set_vocabulary(vocabulary)
         return vocabulary
 
@@ -285,8 +289,9 @@ class Predictor:
         if any(entry.exemplar is not None for entry in vocabulary.entries):
             check_models(vocabulary.entries, self.model_fingerprint)
         text = self.text_cache.embed_entries(vocabulary.entries).to(self.device)
+        thresholds = exemplar_thresholds(vocabulary.entries).to(self.device)
         is_thing = torch.tensor(vocabulary.is_thing, dtype=torch.bool, device=self.device)
-        return _ActiveVocabulary(vocabulary, text, is_thing)
+        return _ActiveVocabulary(vocabulary, text, thresholds, is_thing)
 
     def predict(
         self, image: np.ndarray, color: str = 'rgb', tasks: Collection[str] | None = None
@@ -312,7 +317,9 @@ class Predictor:
                 t[0].float() for t in (mask_logits, objectness, embeddings)
             )
             clock.lap('image_model')
-            class_scores = classify_masks(embeddings, active.text, objectness)
+            class_scores = classify_masks(
+                embeddings, active.text, objectness, exemplar_thresholds=active.thresholds
+            )
             low_res_logits = crop_mask_logits(mask_logits, spec)
             clock.lap('classify')
             result = SegmentationResult(
@@ -416,6 +423,7 @@ class Predictor:
                 torch.from_numpy(proposals.embeddings),
                 text.cpu(),
                 torch.from_numpy(proposals.objectness),
+                exemplar_thresholds=exemplar_thresholds(entries),
             )[:, 0].numpy()
         ranking = class_scores * proposals.mask_quality
         order = np.argsort(-ranking, kind='stable')
@@ -545,11 +553,13 @@ class Predictor:
 
 @dataclass(frozen=True)
 class _ActiveVocabulary:
-    """The vocabulary with its text embeddings ((N + 1, D), background last) and thing flags,
-    replaced as one object so a frame never sees half of a change."""
+    """The vocabulary with its class embeddings ((N + 1, D), background last), exemplar
+    thresholds ((N + 1,), ``exemplar_thresholds``) and thing flags, replaced as one object so a
+    frame never sees half of a change."""
 
     vocabulary: Vocabulary
     text: torch.Tensor
+    thresholds: torch.Tensor
     is_thing: torch.Tensor
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -52,17 +53,22 @@ def _unit_vector(values: object) -> np.ndarray:
 @dataclass(frozen=True)
 class Exemplar:
     """What an exemplar class was taught from: the running mean of the L2-normalised CLIP mask
-    embeddings of the examples shown, and how many they were.
+    embeddings of the examples shown, how many they were, and the cosine that tells the object
+    from the rest of their frames.
 
     :param mean: the mean, not normalised (its norm falls below 1 as the examples disagree).
     :param count: how many examples it averages (>= 1).
     :param model: the fingerprint of the weights that embedded them
         (``Predictor.model_fingerprint``): to other weights the vector means nothing.
+    :param threshold: a mask whose cosine to ``embedding`` exceeds this is more this class
+        than the best text class (``classify_masks``); the running mean of each example's
+        ``exemplars.example_threshold``.
     """
 
     mean: tuple[float, ...]
     count: int
     model: str
+    threshold: float
 
     def __post_init__(self) -> None:
         _unit_vector(self.mean)
@@ -70,14 +76,18 @@ class Exemplar:
             raise VocabularyError(f'an exemplar counts at least one example, got {self.count!r}')
         if not isinstance(self.model, str) or not self.model:
             raise VocabularyError('an exemplar names the fingerprint of its model')
+        if not isinstance(self.threshold, int | float) or not -1.0 <= self.threshold <= 1.0:
+            raise VocabularyError(
+                f'an exemplar threshold is a cosine in [-1, 1], got {self.threshold!r}'
+            )
 
     @classmethod
-    def first(cls, embedding: object, model: str) -> Exemplar:
+    def first(cls, embedding: object, model: str, threshold: float) -> Exemplar:
         """An exemplar of one example's embedding (normalised here)."""
-        return cls(tuple(_unit_vector(embedding).tolist()), 1, model)
+        return cls(tuple(_unit_vector(embedding).tolist()), 1, model, float(threshold))
 
-    def refined(self, embedding: object, model: str) -> Exemplar:
-        """This exemplar with one more example: the running mean over ``count + 1``."""
+    def refined(self, embedding: object, model: str, threshold: float) -> Exemplar:
+        """This exemplar with one more example: the running means over ``count + 1``."""
         vector = _unit_vector(embedding)
         if model != self.model or vector.shape != (len(self.mean),):
             raise VocabularyError(
@@ -86,7 +96,8 @@ class Exemplar:
             )
         mean = np.asarray(self.mean)
         mean += (vector - mean) / (self.count + 1)
-        return Exemplar(tuple(mean.tolist()), self.count + 1, model)
+        threshold = self.threshold + (threshold - self.threshold) / (self.count + 1)
+        return Exemplar(tuple(mean.tolist()), self.count + 1, model, float(threshold))
 
     @property
     def embedding(self) -> np.ndarray:
@@ -167,9 +178,10 @@ def _make_entry(
 
 def _exemplar_from_record(record: object, name: object) -> Exemplar:
     """The ``exemplar`` field of class ``name``'s record (``to_records`` form)."""
-    if not isinstance(record, dict) or set(record) != {'mean', 'count', 'model'}:
+    if not isinstance(record, dict) or set(record) != {'mean', 'count', 'model', 'threshold'}:
         raise VocabularyError(
-            f'the exemplar of {name!r} must be a mapping of exactly mean, count and model'
+            f'the exemplar of {name!r} must be a mapping of exactly mean, count, model and '
+            'threshold'
         )
     try:
         mean = tuple(np.asarray(record['mean'], np.float64).tolist())
@@ -177,7 +189,7 @@ def _exemplar_from_record(record: object, name: object) -> Exemplar:
         raise VocabularyError(
             f'the exemplar mean of {name!r} must be a list of numbers'
         ) from error
-    return Exemplar(mean, record['count'], record['model'])
+    return Exemplar(mean, record['count'], record['model'], record['threshold'])
 
 
 @dataclass(frozen=True)
@@ -318,13 +330,14 @@ class Vocabulary:
             raise VocabularyError(f'cannot remove {sorted(missing)}: not in the vocabulary')
         return Vocabulary(tuple(e for e in self.entries if e.name.lower() not in doomed))
 
-    def taught(self, name: object, embedding: object, model: str) -> Vocabulary:
+    def taught(self, name: object, embedding: object, model: str, threshold: float) -> Vocabulary:
         """This vocabulary with one more example of the exemplar class ``name``: a new thing
         class appended, or the running mean of the exemplar class of that name refined in place
         (its index kept).
 
         :param embedding: the example's CLIP mask embedding (D,).
         :param model: the fingerprint of the weights that embedded it.
+        :param threshold: the example's ``exemplars.example_threshold``.
         :raises VocabularyError: for a text class of that name (an exemplar needs a name of
             its own), a bad name or embedding, or an example of other weights than the class's.
         """
@@ -337,10 +350,11 @@ class Vocabulary:
                     f'{entry.name!r} is a text class: teach the example under another name, or '
                     'remove the text class first'
                 )
-            refined = replace(entry, exemplar=entry.exemplar.refined(embedding, model))
+            refined = replace(entry, exemplar=entry.exemplar.refined(embedding, model, threshold))
             return Vocabulary(self.entries[:index] + (refined,) + self.entries[index + 1 :])
         return Vocabulary(
-            self.entries + (_make_entry(name, (), True, Exemplar.first(embedding, model)),)
+            self.entries
+            + (_make_entry(name, (), True, Exemplar.first(embedding, model, threshold)),)
         )
 
     def to_records(self) -> list[dict]:
@@ -357,6 +371,7 @@ def _entry_record(entry: VocabularyEntry) -> dict:
             'mean': list(exemplar.mean),
             'count': exemplar.count,
             'model': exemplar.model,
+            'threshold': exemplar.threshold,
         }
     return record
 
@@ -433,3 +448,12 @@ class TextEmbeddingCache:
             for e in entries
         ]
         return torch.stack([row.to(texts) for row in rows] + [next(text_rows)])
+
+
+def exemplar_thresholds(entries: Sequence[VocabularyEntry]) -> torch.Tensor:
+    """float32 [N + 1], beside ``embed_entries``' rows: each exemplar class's threshold, NaN
+    for text classes and ``background`` (see ``classify_masks``)."""
+    return torch.tensor(
+        [math.nan if e.exemplar is None else e.exemplar.threshold for e in entries] + [math.nan],
+        dtype=torch.float32,
+    )

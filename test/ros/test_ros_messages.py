@@ -149,7 +149,7 @@ def test_vocabulary_round_trip() -> None:
 
 
 def test_taught_classes_carry_their_example_count_and_come_back_as_text_entries() -> None:
-    exemplar = Exemplar(tuple(np.ones(4) / 2), 3, 'weights-a')
+    exemplar = Exemplar(tuple(np.ones(4) / 2), 3, 'weights-a', 0.9)
     vocabulary = Vocabulary((VocabularyEntry('mug'), VocabularyEntry('my toy', exemplar=exemplar)))
     msg = messages.vocabulary_to_msg(vocabulary, 2, Time(sec=1))
     assert [(e.name, e.exemplar_count) for e in msg.entries] == [('mug', 0), ('my toy', 3)]

@@ -146,7 +146,7 @@ def test_a_teach_file_of_another_model_fails_configure_and_is_left_as_it_is(
     tmp_path, checkpoint
 ) -> None:
     teach_file = tmp_path / 'taught.json'
-    foreign = Exemplar(tuple([0.5] * 4), 1, 'other-weights')
+    foreign = Exemplar(tuple([0.5] * 4), 1, 'other-weights', 0.9)
     save_exemplars(teach_file, LibraryVocabulary((LibraryEntry('my toy', exemplar=foreign),)))
     written = teach_file.read_bytes()
     process = node(tmp_path / 'node.log', checkpoint, teach_file)

@@ -137,7 +137,7 @@ def test_requests_that_change_nothing_or_break_a_rule_are_refused(names, mode, m
 
 def taught(name: str, model: str = 'weights-a') -> VocabularyEntry:
     """An exemplar class (one example) named ``name``."""
-    return VocabularyEntry(name, exemplar=Exemplar.first(np.arange(1.0, 5.0), model))
+    return VocabularyEntry(name, exemplar=Exemplar.first(np.arange(1.0, 5.0), model, 0.9))
 
 
 WITH_TAUGHT = Vocabulary((VocabularyEntry('table'), taught('my toy'), taught('red cup')))

@@ -245,7 +245,7 @@ def test_taught_classes_are_saved_on_change_and_loaded_after_the_configured_ones
 
 
 def exemplar_file(path, model: str) -> None:
-    exemplar = Exemplar(tuple(np.ones(32) / np.sqrt(32)), 1, model)
+    exemplar = Exemplar(tuple(np.ones(32) / np.sqrt(32)), 1, model, 0.9)
     save_exemplars(path, Vocabulary((VocabularyEntry('my toy', exemplar=exemplar),)))
 
 
