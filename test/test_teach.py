@@ -376,7 +376,7 @@ def demo_predictor_and_sequence() -> tuple[Predictor, CocoDataset]:
 
 def test_one_shown_example_labels_the_object_in_later_frames():
     # Shown in frame 1; every 12th later frame, 9 of which hold it. Measured (docs/teach.md):
-    # taught 0.56, text 0.56, precision 0.79 here. Before exemplar thresholds the taught class
+    # taught 0.56, text 0.56, precision 0.74 here. Before exemplar thresholds the taught class
     # won the softmax on nearly every mask (13-16 of 16 instances per frame): taught 0.75 with
     # a precision of 0.09, which the precision bound now catches.
     rates = taught_and_text_rates(
