@@ -47,6 +47,13 @@ def canvas_content(image: np.ndarray, min_size: int, max_size: int) -> tuple[np.
     return canvas, spec
 
 
+def test_the_network_input_is_contiguous():
+    """A compiled image path is specialised to the contiguous layout it was traced with."""
+    image = shipped_images()[0]
+    tensor = image_to_tensor(image, plan_resize(*image.shape[:2], 64, 128, 32))
+    assert tensor.is_contiguous() and tensor.dtype == torch.float32
+
+
 @pytest.mark.parametrize(('min_size', 'max_size'), [(800, 1333), (200, 400), (64, 128)])
 def test_resize_matches_pil_bilinear_within_one_grey_level(min_size, max_size):
     images = shipped_images()

@@ -116,14 +116,16 @@ def plan_resize(
 def image_to_tensor(image_rgb: np.ndarray, spec: ResizeSpec) -> torch.Tensor:
     """Resize and zero-pad an RGB uint8 image into the network input.
 
-    :return: float32 [1, 3, Hp, Wp], RGB in 0-255.
+    :return: float32 [1, 3, Hp, Wp], RGB in 0-255, contiguous: a compiled image path is
+        specialised to that layout (a channels-last view made the inductor backend compile
+        again on the first frame).
     """
     h, w = spec.resized
     if (h, w) != spec.original:
         image_rgb = resize_like_detectron2(image_rgb, h, w)
-    canvas = np.zeros((*spec.padded, 3), dtype=np.float32)
-    canvas[:h, :w] = image_rgb
-    return torch.from_numpy(canvas).permute(2, 0, 1).unsqueeze(0)
+    canvas = np.zeros((3, *spec.padded), dtype=np.float32)
+    canvas[:, :h, :w] = image_rgb.transpose(2, 0, 1)
+    return torch.from_numpy(canvas).unsqueeze(0)
 
 
 def resize_like_detectron2(image: np.ndarray, height: int, width: int) -> np.ndarray:
