@@ -62,11 +62,11 @@ def test_an_instance_taught_becomes_a_class_that_predict_and_find_use(predictor,
     exemplar = taught.entries[2].exemplar
     assert exemplar.count == 1 and exemplar.model == predictor.model_fingerprint
     np.testing.assert_allclose(exemplar.embedding, shown.embedding, atol=1e-6)
-    # Its own embedding against itself: cosine 1, x100 in one softmax with the text classes.
+    # Its own embedding against itself: cosine 1, above any threshold, so the shown proposal
+    # is 'my toy' (semantic and panoptic output read the same class scores).
     again = predictor.predict(scene)
     labels = {i.label for i in again.instances if i.query_index == shown.query_index}
     assert 'my toy' in labels
-    assert again.semantic.max() == 2  # the class index of 'my toy' labels pixels
     best = predictor.find(again, 'My Toy', max_results=1)
     assert best[0].query_index == shown.query_index and best[0].label == 'My Toy'
 
@@ -84,6 +84,12 @@ def test_the_threshold_lies_between_the_example_and_the_nearest_other_object():
     )
     result = SegmentationResult((8, 16), ('mug',), proposals=proposals)
     assert example_threshold(result, 0) == pytest.approx(0.6 + THRESHOLD_POSITION * 0.4)
+    # With nothing outside the object, its parts stand in: a strict threshold, not none.
+    cells[2] = cells[1]
+    near_part = float(embeddings[1] @ embeddings[0])
+    assert example_threshold(result, 0) == pytest.approx(
+        near_part + THRESHOLD_POSITION * (1 - near_part)
+    )
 
 
 def unit_rows(rows) -> np.ndarray:

@@ -77,17 +77,22 @@ def example_threshold(result: SegmentationResult, shown: int) -> float:
 
     The frame is the only labelled data a shown example brings: its proposals that lie mostly
     outside the object (at the proposer's resolution) are what the object is not. Proposals
-    mostly inside it are parts of it, not negatives. See ``postprocess.classify_masks``.
+    mostly inside it are parts of it, not negatives, unless nothing else segments anything:
+    then they stand in, which sets a strict threshold rather than none. See
+    ``postprocess.classify_masks``.
     """
     proposals = result.proposals
     support = torch.from_numpy(proposals.mask_logits).flatten(1) > 0
+    others = support.any(dim=1)
+    others[shown] = False
     inside = (support & support[shown]).sum(dim=1) / support.sum(dim=1).clamp(min=1)
-    negatives = (inside < 0.5) & support.any(dim=1)
-    negatives[shown] = False
+    negatives = others & (inside < 0.5)
     if not negatives.any():
-        return 0.0  # nothing else in view to tell the object from
+        negatives = others
+    if not negatives.any():
+        return 0.0  # no other proposal segments anything: nothing to tell the object from
     embeddings = proposals.embeddings / np.linalg.norm(proposals.embeddings, axis=1)[:, None]
-    nearest = float((embeddings[negatives.numpy()] @ embeddings[shown]).max())
+    nearest = min(1.0, float((embeddings[negatives.numpy()] @ embeddings[shown]).max()))
     return nearest + THRESHOLD_POSITION * (1.0 - nearest)
 
 
