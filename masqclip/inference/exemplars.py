@@ -91,7 +91,8 @@ def example_threshold(result: SegmentationResult, shown: int) -> float:
         negatives = others
     if not negatives.any():
         return 0.0  # no other proposal segments anything: nothing to tell the object from
-    embeddings = proposals.embeddings / np.linalg.norm(proposals.embeddings, axis=1)[:, None]
+    # Unit embeddings (``Proposals``), as ``classify_masks`` takes them; rounding may pass 1.
+    embeddings = proposals.embeddings
     nearest = min(1.0, float((embeddings[negatives.numpy()] @ embeddings[shown]).max()))
     return nearest + THRESHOLD_POSITION * (1.0 - nearest)
 
