@@ -111,6 +111,26 @@ def test_ms_deform_attn_sample_by_hand() -> None:
     assert out.item() == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.parametrize('batch', [1, 2])
+def test_ms_deform_attn_gather_matches_the_grid_sample_of_an_export(
+    monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    # Eager's weighted gather against the grid_sample path an ONNX export takes: samples
+    # inside, across and far outside the levels' edges, and two exactly at the limits of the
+    # gather's border clamp (pixel coordinate -1 along one axis, the level's size along the other).
+    g = torch.Generator().manual_seed(batch)
+    shapes = [(3, 5), (6, 4), (7, 9)]
+    value = torch.randn(batch, sum(h * w for h, w in shapes), 2, 3, generator=g)
+    locations = torch.rand(batch, 11, 2, 3, 4, 2, generator=g) * 2 - 0.5
+    locations[0, 0, :, 0, 0] = torch.tensor([-0.5 / 5, 3.5 / 3])
+    locations[0, 1, :, 0, 0] = torch.tensor([5.5 / 5, -0.5 / 3])
+    weights = torch.rand(batch, 11, 2, 3, 4, generator=g)
+    gathered = ms_deform_attn_sample(value, shapes, locations, weights)
+    monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: True)
+    sampled = ms_deform_attn_sample(value, shapes, locations, weights)
+    torch.testing.assert_close(gathered, sampled, atol=1e-5, rtol=0)
+
+
 def test_ms_deform_attn_zero_offsets_sample_reference_point() -> None:
     torch.manual_seed(0)
     d, h, w = 4, 3, 5

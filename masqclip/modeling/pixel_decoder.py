@@ -128,72 +128,90 @@ def _sample_by_gather(
     """``ms_deform_attn_sample`` as one ``embedding_bag``: for each query and head, the sum of
     its value rows at every level's, point's and neighbour's pixel, weighted by attention times
     bilinear weight (0 outside the map)."""
-    n, s, m, d = value.shape
+    n, _, m, d = value.shape
     _, lq, _, num_levels, num_points, _ = sampling_locations.shape
+    table = _zero_bordered(value, spatial_shapes)
     # Levels and points first, the N * Lq * M samples last: the elementwise work below then
     # runs along long contiguous rows (with a short innermost dimension it is several times
     # slower on the CPU). In float32, where pixel indices are exact whole numbers.
     locations = sampling_locations.float().permute(5, 3, 4, 0, 1, 2)
     x, y = locations.reshape(2, num_levels, num_points, -1)
     attention = attention_weights.permute(3, 4, 0, 1, 2).reshape(num_levels, num_points, -1)
-    bilinear, pixels = _bilinear_neighbours(x, y, spatial_shapes)
-    # The row of each neighbour in the value table [N * S * M, D], for sample (n, q, m).
+    top_left, row_length, right, down = _bilinear_neighbours(x, y, spatial_shapes)
+    # The row of each neighbour in the value table [N * S' * M, D], for sample (n, q, m).
     samples = torch.arange(n * lq * m, device=value.device)
-    sample_rows = samples // (lq * m) * (s * m) + samples % m
-    rows = (pixels.to(torch.int32) * m + sample_rows.to(torch.int32)).view(-1, n * lq * m)
-    weights = (bilinear * attention).view(-1, n * lq * m)
+    sample_rows = samples // (lq * m) * (table.shape[1] * m) + samples % m
+    first = top_left.to(torch.int32) * m + sample_rows.to(torch.int32)
+    below = (row_length * m).to(torch.int32)
+    rows = torch.stack([first, first + m, first + below, first + below + m])
+    lower = down * attention  # the attention split between the two rows of neighbours
+    upper = attention - lower
+    left = 1 - right
+    weights = torch.stack([upper * left, upper * right, lower * left, lower * right])
+    # One bag per sample: its 4 x L x P neighbours along a row. A 2-D transpose, which torch
+    # copies in cache-sized blocks (a 4-D permute of the same data copies several times slower).
+    bags = n * lq * m
     # Summed in float32 whatever the value's precision, as autocast runs grid_sample.
     out = F.embedding_bag(
-        rows.t().contiguous(),
-        value.reshape(n * s * m, d).float(),
-        per_sample_weights=weights.t().float().contiguous(),
+        rows.view(-1, bags).t().contiguous(),
+        table.reshape(-1, d).float(),
+        per_sample_weights=weights.view(-1, bags).t().contiguous(),
         mode='sum',
     )
     return out.view(n, lq, m * d).to(value.dtype)
 
 
+# Each level of the value table gets a border of zeros, one pixel before and two after along
+# both axes. A sample's pixel coordinate clamped into [-1, size] then has its four neighbours
+# inside the bordered level, and one outside the map reads zeros (grid_sample's zero padding)
+# with no validity test per neighbour. Two after: a coordinate clamped to ``size`` has its
+# right (lower) neighbour at size + 1.
+BORDER_BEFORE, BORDER_AFTER = 1, 2
+
+
+def _zero_bordered(value: Tensor, spatial_shapes: Sequence[tuple[int, int]]) -> Tensor:
+    """[N, S, M, D] values -> [N, S', M, D] with each level bordered by zeros (see
+    ``BORDER_BEFORE``), the levels flattened row-major and concatenated as before."""
+    n, _, m, d = value.shape
+    levels = value.split([h * w for h, w in spatial_shapes], dim=1)
+    border = (0, 0, BORDER_BEFORE, BORDER_AFTER, BORDER_BEFORE, BORDER_AFTER)
+    return torch.cat(
+        [
+            F.pad(level.reshape(n, h, w, m * d), border).reshape(n, -1, m, d)
+            for level, (h, w) in zip(levels, spatial_shapes, strict=True)
+        ],
+        dim=1,
+    )
+
+
 def _bilinear_neighbours(
     x: Tensor, y: Tensor, spatial_shapes: Sequence[tuple[int, int]]
-) -> tuple[Tensor, Tensor]:
-    """The four pixels around each sample and their bilinear weights, as ``grid_sample``
-    reads them (zero padding, ``align_corners=False``).
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The four pixels around each sample in the zero-bordered levels (``_zero_bordered``),
+    as ``grid_sample`` reads them (zero padding, ``align_corners=False``).
 
     :param x: [L, P, B] normalised x of B samples on every level (see
         :func:`ms_deform_attn_sample`); ``y`` likewise.
     :param spatial_shapes: L pairs (H_l, W_l).
-    :return: weights [4, L, P, B], 0 for a pixel outside its level; and the pixels' indices
-        into the levels flattened row-major and concatenated, [4, L, P, B] (whole numbers in
-        ``x``'s float dtype; any valid index for a pixel outside).
+    :return: the top-left neighbour's index into the bordered levels, concatenated, [L, P, B]
+        (whole numbers in ``x``'s float dtype); the row length of each bordered level,
+        [L, 1, 1], which is the step to the lower neighbours; and how far the sample lies
+        towards the right and the lower neighbours, in [0, 1), each [L, P, B].
     """
     heights, widths = (
         torch.tensor(sides, dtype=x.dtype, device=x.device).view(-1, 1, 1)
         for sides in zip(*spatial_shapes, strict=True)
     )
-    starts = torch.cumsum(heights * widths, 0) - heights * widths
+    row_length = widths + BORDER_BEFORE + BORDER_AFTER
+    sizes = (heights + BORDER_BEFORE + BORDER_AFTER) * row_length
+    starts = torch.cumsum(sizes, 0) - sizes
+    lowest = torch.tensor(-BORDER_BEFORE, dtype=x.dtype, device=x.device)
     # Pixel coordinates, with pixel centres on whole numbers.
-    x_weights, columns = _linear_neighbours(x * widths - 0.5, widths)
-    y_weights, rows = _linear_neighbours(y * heights - 0.5, heights)
-    weights = torch.stack([wy * wx for wy in y_weights for wx in x_weights])
-    pixels = torch.stack([starts + row * widths + column for row in rows for column in columns])
-    return weights, pixels
-
-
-def _linear_neighbours(
-    coordinate: Tensor, size: Tensor
-) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """Along one axis: the weights of the two pixels either side of each coordinate (pixel
-    centres on whole numbers), 0 for a pixel outside [0, size), and the two pixels' coordinates
-    clamped into it."""
-    below = coordinate.floor()
-    above = below + 1
-    fraction = coordinate - below
-    last = size - 1
-    weights = (
-        (1 - fraction) * ((below >= 0) & (below <= last)),
-        fraction * ((above >= 0) & (above <= last)),
-    )
-    zero = torch.zeros((), dtype=coordinate.dtype, device=coordinate.device)
-    return weights, (below.clamp(zero, last), above.clamp(zero, last))
+    column = (x * widths - 0.5).clamp_(lowest, widths)
+    row = (y * heights - 0.5).clamp_(lowest, heights)
+    left, top = column.floor(), row.floor()
+    top_left = starts + (top + BORDER_BEFORE) * row_length + (left + BORDER_BEFORE)
+    return top_left, row_length, column - left, row - top
 
 
 class MSDeformAttn(nn.Module):
