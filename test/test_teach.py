@@ -24,6 +24,7 @@ from masqclip.inference.exemplars import (
 )
 from masqclip.inference.predictor import Predictor
 from masqclip.inference.results import Instance, Proposals, SegmentationResult
+from masqclip.inference.transforms import ResizeSpec
 from masqclip.inference.vocabulary import (
     BACKGROUND,
     Exemplar,
@@ -72,15 +73,19 @@ def test_an_instance_taught_becomes_a_class_that_predict_and_find_use(predictor,
 
 
 def test_the_threshold_lies_between_the_example_and_the_nearest_other_object():
-    """Proposals mostly inside the shown object are parts of it, not what it is not."""
-    cells = np.full((4, 2, 4), -5.0, np.float32)  # (Q, h, w) low-resolution logits
+    """Proposals mostly inside the shown object are parts of it, not what it is not; nor is a
+    proposal of the padding, which shows nothing."""
+    # (Q, h, w) low-resolution logits over a 16-wide frame padded to 20: column 4 is padding.
+    cells = np.full((5, 2, 5), -5.0, np.float32)
     cells[0, :, :2] = 5.0  # the shown object: the left half
     cells[1, 0, 0] = 5.0  # a part of it
-    cells[2, :, 2:] = 5.0  # another object: the right half
+    cells[2, :, 2:4] = 5.0  # another object: the right half
     # cells[3] segments nothing
-    embeddings = unit_rows([[1, 0, 0], [1, 0.1, 0], [0.6, 0.8, 0], [1, 0, 0.01]])
+    cells[4, :, 4] = 5.0  # the padding only
+    embeddings = unit_rows([[1, 0, 0], [1, 0.1, 0], [0.6, 0.8, 0], [1, 0, 0.01], [1, 0, 0.02]])
+    spec = ResizeSpec(original=(8, 16), resized=(8, 16), padded=(8, 20))
     proposals = Proposals(
-        embeddings, np.ones(4, np.float32), cells, None, np.ones(4), np.eye(4), {}
+        embeddings, np.ones(5, np.float32), cells, spec, np.ones(5), np.eye(5), {}
     )
     result = SegmentationResult((8, 16), ('mug',), proposals=proposals)
     assert example_threshold(result, 0) == pytest.approx(0.6 + THRESHOLD_POSITION * 0.4)

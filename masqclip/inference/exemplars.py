@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from masqclip.inference.results import SegmentationResult
-from masqclip.inference.transforms import mask_logits_to_image
+from masqclip.inference.transforms import crop_mask_logits, mask_logits_to_image
 from masqclip.inference.vocabulary import Vocabulary, VocabularyEntry, VocabularyError
 
 MIN_MASK_IOU = 0.5
@@ -82,7 +82,9 @@ def example_threshold(result: SegmentationResult, shown: int) -> float:
     ``postprocess.classify_masks``.
     """
     proposals = result.proposals
-    support = torch.from_numpy(proposals.mask_logits).flatten(1) > 0
+    # The cells that hold the frame: a proposal's padding cells show nothing of the object.
+    cells = crop_mask_logits(torch.from_numpy(proposals.mask_logits), proposals.spec)
+    support = cells.flatten(1) > 0
     others = support.any(dim=1)
     others[shown] = False
     inside = (support & support[shown]).sum(dim=1) / support.sum(dim=1).clamp(min=1)
