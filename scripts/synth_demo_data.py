@@ -1,13 +1,16 @@
 """Write the demo's training set for stages 1 and 2: the 64-px scenes of `masqclip synth OUT
 --num-images SCENES --seed SEED` (the same images), followed by camera frames: one frame each of
-random sequences, drawn at the size the demo model's input gives a 640x480 camera frame
-(85 x 64; objects partly out of view and occluding one another, as the ROS node gets them).
+random sequences, drawn at the size the model's input gives a 640x480 camera frame
+(masqclip_demo: 85 x 64; objects partly out of view and occluding one another, as the ROS node
+gets them). --model names the architecture (name or .json path) whose preprocessing and CLIP
+input set those sizes (docs/demo_model.md tried a 96-px variant: 128 x 96, CLIP 96 x 96).
 Frame k's sequence comes from np.random.default_rng([SEED, 1, k]), never the single-integer
 seed of `masqclip synth --sequence --seed N`, so no held-out sequence is trained on.
-With --clip-view the camera frames are stored as the demo CLIP receives them (on the black
-96 x 64 canvas, squashed to 64 x 64; the panoptic map alike, the padding void): MasQ-Tuning
-then trains the mask tokens on CLIP's view of camera frames.
-Usage: synth_demo_data.py OUT [--scenes 4000] [--camera-frames 4000] [--seed 0] [--clip-view]"""
+With --clip-view the camera frames are stored as the model's CLIP receives them (masqclip_demo:
+on the black 96 x 64 canvas, squashed to 64 x 64; the panoptic map alike, the padding void):
+MasQ-Tuning then trains the mask tokens on CLIP's view of camera frames.
+Usage: synth_demo_data.py OUT [--scenes 4000] [--camera-frames 4000] [--seed 0] [--clip-view]
+       [--model masqclip_demo]"""
 
 from __future__ import annotations
 
@@ -45,8 +48,11 @@ def main() -> None:
     parser.add_argument('--camera-frames', type=int, default=4000)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--clip-view', action='store_true')
+    parser.add_argument(
+        '--model', default='masqclip_demo', help='architecture: name or .json path'
+    )
     args = parser.parse_args()
-    config = get_model_config('masqclip_demo')
+    config = get_model_config(args.model)
     spec = camera_input(config)
     clip_size = config['clip']['vision_cfg']['image_size']
     objects = SequenceCfg().scene.min_objects, SequenceCfg().scene.max_objects
