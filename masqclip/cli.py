@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from masqclip.cpu_memory import keep_freed_memory
+
 # subcommand -> (module, one-line help)
 COMMANDS = {
     'segment': ('masqclip.tools.segment', 'segment an image for a vocabulary'),
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     # Our own progress at INFO; other libraries (the ONNX exporter is chatty) only warn.
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     logging.getLogger('masqclip').setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    keep_freed_memory()
     try:
         return args.run(args)
     except (CommandError, ValueError, RuntimeError, OSError) as error:

@@ -37,6 +37,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
+from masqclip.cpu_memory import keep_freed_memory
 from masqclip.factory import create_predictor
 from masqclip.inference.predictor import Predictor
 from masqclip.inference.results import SegmentationResult
@@ -749,6 +750,7 @@ def main(argv: list[str] | None = None) -> int:
     :param argv: command line, ROS arguments included (default: ``sys.argv``).
     :return: exit status: 0 after a normal shutdown, 1 when configure or activate failed.
     """
+    keep_freed_memory()  # before the first frame's activations are allocated
     rclpy.init(args=argv)
     node = SegmentationNode()
     executor = LaneExecutor(node.thread_lanes(), num_threads=4)

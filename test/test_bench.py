@@ -74,6 +74,7 @@ def test_table_shows_every_rate(figures):
     assert ('bf16 GEMM 128x128' in text) == bool(cpu_bf16_units())
     assert ('image path, torch bf16' in text) == bool(cpu_bf16_units())
     assert 'top operators by self time' in text
+    assert 'freed CPU memory:' in text
 
 
 def test_rates_by_hand():

@@ -102,3 +102,12 @@ def test_precision_choices_are_each_commands_own(capsys):
     with pytest.raises(SystemExit):
         main(['segment', 'x.png', '--vocabulary', 'mug', '--precision', 'int8'])
     assert "'fp32', 'fp16', 'bf16'" in capsys.readouterr().err
+
+
+def test_every_command_keeps_freed_cpu_memory_for_reuse(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr('masqclip.cli.keep_freed_memory', lambda: calls.append(True))
+    bad = tmp_path / 'bad.png'
+    bad.write_bytes(b'not a png')
+    main(['segment', str(bad), '--vocabulary', 'mug'])
+    assert calls == [True]

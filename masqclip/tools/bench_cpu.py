@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from masqclip.cpu_memory import freed_memory_kept
 from masqclip.export.inductor import InductorImageModel
 from masqclip.export.onnx import export_onnx
 from masqclip.export.onnxruntime_backend import OnnxRuntimeImageModel
@@ -71,10 +72,11 @@ def measure_efficiency(
         first with its cache in this folder (about 90 s a precision for masqclip_r50_vitb16
         when the cache is empty, seconds when it holds the compile).
     :return: the figures of ``measure_onnxruntime_vs_torch`` and ``efficiency``: ``cpu``,
-        ``threads``, ``bf16_units``, ``input_size``, ``gemm_size``, ``gemm_gflops`` (per
-        precision), ``image_path_flops`` (``proposer``, ``mask_clip``, ``total``),
-        ``image_paths`` (rows of ``image_path_rates``), ``top_operators``, and with
-        ``inductor_cache_dir`` ``inductor_compile_s`` (per precision).
+        ``threads``, ``freed_memory_kept`` (``masqclip.cpu_memory``), ``bf16_units``,
+        ``input_size``, ``gemm_size``, ``gemm_gflops`` (per precision), ``image_path_flops``
+        (``proposer``, ``mask_clip``, ``total``), ``image_paths`` (rows of
+        ``image_path_rates``), ``top_operators``, and with ``inductor_cache_dir``
+        ``inductor_compile_s`` (per precision).
     """
     return _measure_image_paths(
         model, frame_size, repeats, work_dir, gemm_size, inductor_cache_dir
@@ -160,6 +162,7 @@ def _measure_image_paths(
     figures['efficiency'] = {
         'cpu': torch.cpu.get_capabilities().get('cpu_name', 'unknown'),
         'threads': threads,
+        'freed_memory_kept': freed_memory_kept(),
         'bf16_units': list(bf16_units),
         'input_size': 'x'.join(str(side) for side in input_size),
         'gemm_size': gemm_size,

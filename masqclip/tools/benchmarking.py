@@ -152,8 +152,10 @@ def efficiency_table(efficiency: dict) -> str:
     gemm_gflops = efficiency['gemm_gflops']
     units = ', '.join(efficiency['bf16_units']) or 'none (bf16 not measured)'
     size = efficiency['gemm_size']
+    memory = 'kept for reuse' if efficiency['freed_memory_kept'] else 'returned (libc default)'
     lines = [
-        f'{efficiency["cpu"]}, {efficiency["threads"]} threads, bf16 units: {units}',
+        f'{efficiency["cpu"]}, {efficiency["threads"]} threads, bf16 units: {units}, '
+        f'freed CPU memory: {memory}',
         f'image path at {efficiency["input_size"]}: {flops["total"]:.1f} GFLOP '
         f'(proposer {flops["proposer"]:.1f}, mask-token CLIP {flops["mask_clip"]:.1f})',
         '',
