@@ -12,7 +12,7 @@ LIBRARY = Path(__file__).resolve().parents[1] / 'masqclip'
 
 # Bottom to top; a part may import its own layer and the ones below, never one above.
 LAYERS = (
-    ('modeling', 'data'),
+    ('modeling', 'data', 'cpu_memory'),
     ('checkpoint',),
     ('inference',),
     ('export', 'evaluation', 'visualization', 'animation'),
