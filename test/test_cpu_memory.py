@@ -23,7 +23,8 @@ else:
 def frame():
     blocks = [torch.ones(6 << 20) for _ in range(4)]
     del blocks
-frame(); frame()  # the heap grows to its working size
+for _ in range(3):  # the heap grows to its working size
+    frame()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
     frame()
@@ -40,9 +41,11 @@ def _page_faults(mode: str) -> int:
 
 @pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='mallopt is glibc-only')
 def test_kept_memory_is_reused_instead_of_faulted_in_again():
-    # Ten frames of 96 MiB returned to the kernel are about 245 000 fresh 4 KiB pages.
+    # Ten frames of 96 MiB returned to the kernel are about 245 000 fresh 4 KiB pages. Kept,
+    # they are reused: at most a late growth of the heap by a block or so (6 144 pages each)
+    # may remain, far under one frame's 24 576.
     assert _page_faults('return') > 200_000
-    assert _page_faults('keep') < 1_000
+    assert _page_faults('keep') < 24_576 / 2
 
 
 def test_a_retention_beyond_a_c_int_is_refused():
