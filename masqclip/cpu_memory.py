@@ -5,7 +5,7 @@ torch's CPU allocator is the C library's ``malloc``. glibc hands a large block b
 kernel when it is freed (blocks above its mmap threshold, and free memory at the top of the
 heap above its trim threshold). The next frame then gets fresh pages, which the kernel faults
 in and zeroes one by one. For ``masqclip_r50_vitb16`` at 640x480 that is 20-80 thousand page
-faults a frame, 0.1-0.4 s of system time. Raising both thresholds keeps the blocks in the heap
+faults a frame, 0.1-0.34 s of system time. Raising both thresholds keeps the blocks in the heap
 for reuse, as CUDA's caching allocator, onnxruntime's arena and jemalloc do. The price is that
 the process keeps up to ``retain_bytes`` of freed heap instead of returning it between frames.
 
@@ -48,12 +48,19 @@ def keep_freed_memory(retain_bytes: int = DEFAULT_RETAIN_BYTES) -> bool:
     if platform.libc_ver()[0] != 'glibc':
         logger.debug('not glibc: freed CPU memory is returned as the C library decides')
         return False
-    libc = ctypes.CDLL('libc.so.6')
-    _kept = bool(
-        libc.mallopt(_M_MMAP_THRESHOLD, _MAX_MMAP_THRESHOLD)
-        and libc.mallopt(_M_TRIM_THRESHOLD, retain_bytes)
-    )
+    _kept = set_malloc_thresholds(_MAX_MMAP_THRESHOLD, retain_bytes)
     return _kept
+
+
+def set_malloc_thresholds(mmap_bytes: int, trim_bytes: int) -> bool:
+    """Set glibc's mmap and trim thresholds (``mallopt``); glibc only.
+
+    :return: True when glibc took both.
+    """
+    libc = ctypes.CDLL('libc.so.6')
+    return bool(
+        libc.mallopt(_M_MMAP_THRESHOLD, mmap_bytes) and libc.mallopt(_M_TRIM_THRESHOLD, trim_bytes)
+    )
 
 
 def freed_memory_kept() -> bool:

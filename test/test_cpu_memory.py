@@ -13,13 +13,12 @@ from masqclip.cpu_memory import keep_freed_memory
 # starting thresholds (128 KiB), as its adaptive default often leaves them, so that every
 # freed block goes back to the kernel; 'keep' is the setting under test.
 _FRAMES = """
-import ctypes, resource, sys, torch
-from masqclip.cpu_memory import keep_freed_memory
+import resource, sys, torch
+from masqclip.cpu_memory import keep_freed_memory, set_malloc_thresholds
 if sys.argv[1] == 'keep':
     assert keep_freed_memory()
 else:
-    libc = ctypes.CDLL('libc.so.6')
-    assert libc.mallopt(-3, 128 << 10) and libc.mallopt(-1, 128 << 10)
+    assert set_malloc_thresholds(128 << 10, 128 << 10)
 def frame():
     blocks = [torch.ones(6 << 20) for _ in range(4)]
     del blocks
